@@ -1,0 +1,67 @@
+"""The interface every latent family implements.
+
+A family turns encoder output and prior parameters into a posterior, and knows
+that posterior's KL to the prior, the mean and variance of the decoder input
+``h``, and how to sample ``h`` (relaxed, differentiable; or exact). Nothing
+outside a family branches on its name: the model, trainer and metrics only call
+these methods. Adding a family means one file and one registry entry.
+
+Shapes: ``M`` models, ``B`` samples, ``K`` latent units. Encoder output is
+``(M, B, n_params * K)``; prior parameters are ``(M, K)``; posterior tensors and
+everything returned are ``(M, B, K)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+Posterior = dict[str, Tensor]
+
+
+class LatentFamily(ABC):
+    """Base class of latent families (see module docstring for shapes)."""
+
+    name: str = ""
+    #: encoder outputs per latent unit (1 for a rate, 2 for a mean and a scale)
+    n_params: int = 1
+    #: whether the prior is learned unless the config says otherwise
+    learn_prior_default: bool = True
+    #: whether ``rsample`` depends on a temperature (relaxed discrete families)
+    uses_temperature: bool = False
+
+    @abstractmethod
+    def init_prior(self, n_models: int, K: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """Initial prior parameters, each ``(n_models, K)``."""
+
+    @abstractmethod
+    def posterior(self, enc: Tensor, prior: dict[str, Tensor]) -> Posterior:
+        """Posterior parameters from encoder output (residual on the prior)."""
+
+    @abstractmethod
+    def kl(self, post: Posterior) -> Tensor:
+        """Elementwise KL(q || p), ``(M, B, K)``."""
+
+    @abstractmethod
+    def moments(self, post: Posterior) -> tuple[Tensor, Tensor]:
+        """Mean and variance of the decoder input ``h`` under q."""
+
+    @abstractmethod
+    def rsample(
+        self,
+        post: Posterior,
+        temperature: float,
+        hard: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Differentiable sample of ``h``; ``hard`` = straight-through."""
+
+    @abstractmethod
+    def sample(self, post: Posterior, generator: torch.Generator | None = None) -> Tensor:
+        """Exact sample of ``h`` (temperature 0), no gradient."""
+
+    def max_rate(self, post: Posterior) -> Tensor | None:
+        """Largest rate in the batch for families whose sampler needs it."""
+        return None

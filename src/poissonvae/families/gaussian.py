@@ -1,0 +1,74 @@
+"""Gaussian latents: the plain G-VAE and the rectified G_relu-VAE (eqs. 5, 9, 15, 18-19)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..functional import gaussian_kl, relu_moments
+from .base import LatentFamily, Posterior
+
+# Ref. code guard on the log-scale: 5.3 tanh(x / 5.3) keeps sigma in
+# (e^-5.3, e^5.3) with a smooth, non-saturating gradient near 0.
+LOG_SCALE_BOUND = 5.3
+
+
+class GaussianFamily(LatentFamily):
+    """``q = N(mu0 + delta_mu, (sigma0 exp(delta_v))^2)``, ``p = N(mu0, sigma0^2)``; ``h = z``.
+
+    Encoder output holds ``delta_mu`` (first ``K``) and ``delta_v`` (last ``K``),
+    the log-scale residual. The prior starts at N(0, 1); the plain G-VAE keeps it
+    fixed there (P-VAE paper), unless the config asks to learn it.
+    """
+
+    name = "gaussian"
+    n_params = 2
+    learn_prior_default = False
+
+    def init_prior(self, n_models: int, K: int, generator: torch.Generator) -> dict[str, Tensor]:
+        return {"mu": torch.zeros(n_models, K), "log_sigma": torch.zeros(n_models, K)}
+
+    def posterior(self, enc: Tensor, prior: dict[str, Tensor]) -> Posterior:
+        delta_mu, delta_v = enc.chunk(2, dim=-1)
+        mu0 = prior["mu"].unsqueeze(-2)
+        log_sigma0 = LOG_SCALE_BOUND * torch.tanh(prior["log_sigma"] / LOG_SCALE_BOUND).unsqueeze(-2)
+        mu = mu0 + delta_mu  # eq. (5)
+        log_sigma = LOG_SCALE_BOUND * torch.tanh((log_sigma0 + delta_v) / LOG_SCALE_BOUND)
+        return {"mu": mu, "sigma": torch.exp(log_sigma), "prior_mu": mu0, "prior_sigma": torch.exp(log_sigma0)}
+
+    def kl(self, post: Posterior) -> Tensor:
+        return gaussian_kl(post["mu"], post["sigma"], post["prior_mu"], post["prior_sigma"])  # eq. (9)
+
+    def moments(self, post: Posterior) -> tuple[Tensor, Tensor]:
+        return post["mu"], post["sigma"] ** 2
+
+    def _z(self, post: Posterior, generator: torch.Generator | None) -> Tensor:
+        eps = torch.randn(post["mu"].shape, generator=generator, dtype=post["mu"].dtype, device=post["mu"].device)
+        return post["mu"] + post["sigma"] * eps
+
+    def rsample(self, post, temperature, hard=False, generator=None) -> Tensor:
+        return self._z(post, generator)
+
+    def sample(self, post, generator=None) -> Tensor:
+        with torch.no_grad():
+            return self._z(post, generator)
+
+
+class GaussianReluFamily(GaussianFamily):
+    """The rectified control: Gaussian posterior and prior, decoder input ``h = relu(z)`` (eq. 15).
+
+    The prior is learned, initialised at N(0, 1) (metabolic-cost appendix).
+    """
+
+    name = "gaussian_relu"
+    learn_prior_default = True
+
+    def moments(self, post: Posterior) -> tuple[Tensor, Tensor]:
+        return relu_moments(post["mu"], post["sigma"])  # eqs. (18)-(19)
+
+    def rsample(self, post, temperature, hard=False, generator=None) -> Tensor:
+        return torch.relu(self._z(post, generator))
+
+    def sample(self, post, generator=None) -> Tensor:
+        with torch.no_grad():
+            return torch.relu(self._z(post, generator))

@@ -1,0 +1,75 @@
+"""Poisson latents: the P-VAE (eqs. 4, 6-8; P-VAE Algorithm 1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..functional import poisson_kl_from_log, poisson_rsample, softclamp_upper
+from .base import LatentFamily, Posterior
+
+# Ref. code guards: the log-residual is soft-clamped at 10, the log-rate at 5
+# (rates above e^5 ~ 148 spikes per inference step are never useful and make
+# the exponential-arrival sampler expensive).
+LOG_RESIDUAL_MAX = 10.0
+LOG_RATE_MAX = 5.0
+
+
+class PoissonFamily(LatentFamily):
+    """``q = Pois(lambda0 * exp(u))``, ``p = Pois(lambda0)``; ``h = z``.
+
+    Args:
+        indicator: soft indicator of the relaxed sampler, ``"cubic"`` or ``"sigmoid"``.
+        n_exp: fixed number of arrival times, or ``None`` to derive it from the
+            largest rate (the trainer sets it once per epoch).
+        prior_init: range of the uniform initial ``log lambda0``: log-uniform
+            (Jeffreys) prior rates; ref. code uses (-6, -4) for linear decoders.
+    """
+
+    name = "poisson"
+    n_params = 1
+    uses_temperature = True
+
+    def __init__(
+        self,
+        indicator: str = "cubic",
+        n_exp: int | None = None,
+        prior_init: tuple[float, float] = (-6.0, -4.0),
+    ) -> None:
+        if indicator not in ("cubic", "sigmoid"):
+            raise ValueError(f"unknown indicator {indicator!r}; expected 'cubic' or 'sigmoid'")
+        self.indicator = indicator
+        self.n_exp = n_exp
+        self.prior_init = prior_init
+
+    def init_prior(self, n_models: int, K: int, generator: torch.Generator) -> dict[str, Tensor]:
+        low, high = self.prior_init
+        log_rate = torch.rand(n_models, K, generator=generator) * (high - low) + low
+        return {"log_rate": log_rate}
+
+    def posterior(self, enc: Tensor, prior: dict[str, Tensor]) -> Posterior:
+        log_prior = softclamp_upper(prior["log_rate"], LOG_RATE_MAX).unsqueeze(-2)  # (M,1,K)
+        u = softclamp_upper(enc, LOG_RESIDUAL_MAX)  # eq. (4) in log space
+        log_rate = softclamp_upper(log_prior + u, LOG_RATE_MAX)
+        return {"log_rate": log_rate, "log_prior_rate": log_prior}
+
+    def kl(self, post: Posterior) -> Tensor:
+        # eq. (8): lambda0 f(delta lambda), evaluated via the log-residual
+        return poisson_kl_from_log(post["log_rate"], post["log_prior_rate"]).expand_as(post["log_rate"])
+
+    def moments(self, post: Posterior) -> tuple[Tensor, Tensor]:
+        rate = torch.exp(post["log_rate"])
+        return rate, rate  # Poisson: mean = variance = lambda (eq. 21)
+
+    def rsample(self, post, temperature, hard=False, generator=None) -> Tensor:
+        rate = torch.exp(post["log_rate"])
+        return poisson_rsample(
+            rate, temperature, self.indicator, n_exp=self.n_exp, hard=hard, generator=generator
+        )
+
+    def sample(self, post, generator=None) -> Tensor:
+        with torch.no_grad():
+            return torch.poisson(torch.exp(post["log_rate"]), generator=generator)
+
+    def max_rate(self, post: Posterior) -> Tensor:
+        return torch.exp(post["log_rate"].detach().max())

@@ -1,0 +1,105 @@
+"""Run directories: one trained model, traceable to the exact settings that made it.
+
+A run directory holds
+    config.json            the RunConfig (written first)
+    log.jsonl              one line of training metrics per epoch
+    checkpoint.safetensors weights + optimiser + RNG while training (resume point)
+    weights.safetensors    final weights
+    metrics.json           validation metrics (written last: marks the run finished)
+    dictionary.png         the learned dictionary, ordered by per-unit KL
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import save_weights
+from .config import ConfigError, RunConfig
+from .data import PatchSet, prepare_patches
+from .evaluation import evaluate
+from .figures import plot_dictionary
+from .models import LinearVAE
+from .training import Trainer
+
+CONFIG, LOG, CHECKPOINT, WEIGHTS, METRICS, DICTIONARY = (
+    "config.json", "log.jsonl", "checkpoint.safetensors", "weights.safetensors", "metrics.json", "dictionary.png")
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / METRICS).is_file()
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
+    """Create ``run_dir`` with its config, or check that an existing one has the same config."""
+    cfg_path = run_dir / CONFIG
+    if cfg_path.exists():
+        existing = RunConfig.load(cfg_path)
+        if existing.to_dict() != cfg.to_dict():
+            raise ConfigError(
+                f"{run_dir} already holds a run with a different config; choose another directory "
+                f"or resume it with `poissonvae train --resume {run_dir}`")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(cfg_path)
+
+
+def _truncate_log(path: Path, epoch: int) -> None:
+    """Drop log lines written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def finish_run(model: LinearVAE, index: int, cfg: RunConfig, val, run_dir: Path, history: list[dict]) -> dict:
+    """Evaluate model ``index`` of a stack, save its weights, figure and metrics."""
+    metrics = {k: v[index] for k, v in evaluate(model, val, cfg.train.eval_batch_size, seed=cfg.train.seed).items()}
+    single = LinearVAE(cfg.model, seeds=[cfg.train.seed])
+    single.load_state_dict(model.select(index))
+    save_weights(single, run_dir / WEIGHTS)
+    dictionary = single.dictionary[0].detach().cpu().numpy()
+    order = np.argsort(-np.asarray(metrics["per_unit_kl"]))
+    plot_dictionary(dictionary, run_dir / DICTIONARY, order, title=f"{cfg.model.family}, K={cfg.model.K}, beta={cfg.train.beta}")
+    metrics["final_train"] = {k: (v[index] if isinstance(v, list) else v) for k, v in history[-1].items()} if history else {}
+    write_json(run_dir / METRICS, metrics)
+    return metrics
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, progress: bool = True, patches: PatchSet | None = None) -> dict:
+    """Train (or resume, or return) the run that ``cfg`` describes in ``run_dir``.
+
+    Everything is validated before any work; a finished run is not retrained.
+    """
+    cfg.validate()
+    run_dir = Path(run_dir)
+    prepare_run_dir(cfg, run_dir)
+    if is_finished(run_dir):
+        return json.loads((run_dir / METRICS).read_text())
+    patches = patches or prepare_patches(cfg.data, progress=progress)
+    train, val = patches.tensors()
+    model = LinearVAE(cfg.model, seeds=[cfg.train.seed])
+    trainer = Trainer(model, cfg.train, train)
+    if (run_dir / CHECKPOINT).exists():
+        trainer.load_state(run_dir / CHECKPOINT)
+        _truncate_log(run_dir / LOG, trainer.epoch)
+
+    def on_epoch(tr: Trainer, record: dict) -> None:
+        with open(run_dir / LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if tr.epoch % cfg.train.checkpoint_every == 0 or tr.epoch == tr.total_epochs:
+            tr.save_state(run_dir / CHECKPOINT)
+
+    history = trainer.fit(on_epoch=on_epoch, progress=progress)
+    metrics = finish_run(trainer.model, 0, cfg, val, run_dir, history)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    return metrics

@@ -1,0 +1,180 @@
+"""Training loop for a stack of ``M`` linear VAEs sharing one pass over the data.
+
+Adamax with linear warm-up and cosine annealing, per-model gradient-norm
+clipping, KL annealing and temperature annealing (metabolic-cost appendix and
+ref. code defaults). Each model has its own target beta. Because Adamax is
+elementwise and every model's loss depends only on its own parameters, the
+summed loss gives each model exactly the update it would get alone.
+
+The trainer only trains: it does not load data, plot, or write run directories
+(see :mod:`poissonvae.runs`), but it can save and restore its own state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .checkpoint import load_state, save_state
+from .config import TrainConfig
+from .data.patches import validate_patches
+from .functional import poisson_n_exp
+from .models import LinearVAE
+from .schedules import beta_at, lr_factor, temperature_at
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def clip_grad_norm_per_model(params: Sequence[Tensor], max_norm: float) -> Tensor:
+    """Scale each model's gradients so that their joint norm is at most ``max_norm``.
+
+    Every parameter has the model axis first; the norm of model ``m`` is over
+    all its parameters, as ``torch.nn.utils.clip_grad_norm_`` would compute for
+    that model alone. Returns the per-model norms before clipping, ``(M,)``.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    sq = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)
+    norms = sq.sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+    return norms
+
+
+class Trainer:
+    """Trains ``model`` (``M`` models) on ``train`` patches ``(N, D)``.
+
+    Args:
+        model: the stacked model.
+        cfg: optimisation settings; ``cfg.beta`` is ignored when ``betas`` is given.
+        train: training patches, a float32 tensor kept in memory.
+        betas: target KL weight per model (``M`` values), default ``[cfg.beta] * M``.
+    """
+
+    def __init__(self, model: LinearVAE, cfg: TrainConfig, train: Tensor, betas: Sequence[float] | None = None) -> None:
+        cfg.validate()
+        validate_patches(train, int(round(math.sqrt(model.cfg.input_dim))))
+        if train.shape[1] != model.cfg.input_dim:
+            raise ValueError(f"patches have {train.shape[1]} values, the model expects {model.cfg.input_dim}")
+        betas = [cfg.beta] * model.n_models if betas is None else list(betas)
+        if len(betas) != model.n_models:
+            raise ValueError(f"got {len(betas)} betas for {model.n_models} models")
+        if any(not (b >= 0 and math.isfinite(b)) for b in betas):
+            raise ValueError(f"every beta must be a finite number >= 0, got {betas}")
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.train = train.to(self.device, torch.float32)
+        self.betas = torch.tensor(betas, dtype=torch.float32, device=self.device)
+        self.batch_size = min(cfg.batch_size, self.train.shape[0])
+        self.steps_per_epoch = self.train.shape[0] // self.batch_size
+        self.total_epochs = cfg.warmup_epochs + cfg.epochs
+        self.total_steps = self.total_epochs * self.steps_per_epoch
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adamax(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict] = []
+        self._adaptive_n_exp = cfg.estimator != "exact" and model.family.uses_temperature and model.cfg.n_exp is None
+        self._max_rate = 0.0
+
+    # ----------------------------------------------------------------- schedules
+    def beta(self, step: int) -> Tensor:
+        p = beta_at(step, self.total_steps, 0.0, 1.0, self.cfg.kl_anneal_fraction)
+        start = torch.minimum(self.betas, torch.full_like(self.betas, self.cfg.beta_start))
+        return start + (self.betas - start) * p
+
+    def temperature(self, step: int) -> float:
+        c = self.cfg
+        return temperature_at(step, self.total_steps, c.temperature_start, c.temperature_end,
+                              c.temperature_anneal_fraction, c.temperature_schedule)
+
+    def lr(self, step: int) -> float:
+        c = self.cfg
+        return c.lr * lr_factor(step, c.warmup_epochs * self.steps_per_epoch, self.total_steps, c.eta_min / c.lr)
+
+    # ------------------------------------------------------------------ training
+    def _set_n_exp(self) -> None:
+        if not self._adaptive_n_exp:
+            return
+        if self._max_rate == 0.0:  # first epoch: look at the first batch
+            with torch.no_grad():
+                post = self.model.encode(self.train[: self.batch_size])
+                self._max_rate = float(self.model.family.max_rate(post))
+        self.model.family.n_exp = poisson_n_exp(self._max_rate)
+
+    def train_step(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One optimiser step on batch ``x``; returns per-model (F, recon, KL) batch means."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr(self.step)
+        out = self.model(x, self.cfg.estimator, self.temperature(self.step), self.generator)
+        free_energy = out.free_energy(self.beta(self.step)).mean(-1)  # (M,)
+        self.optimizer.zero_grad(set_to_none=True)
+        free_energy.sum().backward()
+        clip_grad_norm_per_model(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        if self._adaptive_n_exp:
+            self._epoch_max = torch.maximum(self._epoch_max, self.model.family.max_rate(out.post))
+        return free_energy.detach(), out.recon.detach().mean(-1), out.kl.detach().mean(-1)
+
+    def train_epoch(self) -> dict:
+        """One pass over the training data in an order fixed by ``shuffle_seed`` and the epoch."""
+        self.model.train()
+        self._set_n_exp()
+        self._epoch_max = torch.zeros((), device=self.device)
+        order_gen = torch.Generator().manual_seed(self.cfg.shuffle_seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.train.shape[0], generator=order_gen).to(self.device)
+        sums = torch.zeros(3, self.model.n_models, device=self.device)
+        for i in range(self.steps_per_epoch):
+            x = self.train.index_select(0, order[i * self.batch_size : (i + 1) * self.batch_size])
+            sums += torch.stack(self.train_step(x))
+        means = (sums / self.steps_per_epoch).cpu()
+        if not torch.isfinite(means).all():
+            raise FloatingPointError(f"training diverged at epoch {self.epoch}: loss {means[0].tolist()}")
+        if self._adaptive_n_exp:
+            self._max_rate = float(self._epoch_max)
+        self.epoch += 1
+        record = {"epoch": self.epoch, "step": self.step, "lr": self.lr(self.step - 1),
+                  "temperature": self.temperature(self.step - 1),
+                  "beta": self.beta(self.step - 1).tolist(), "loss": means[0].tolist(),
+                  "recon": means[1].tolist(), "kl": means[2].tolist()}
+        self.history.append(record)
+        return record
+
+    def fit(self, on_epoch=None, progress: bool = True) -> list[dict]:
+        """Train until ``warmup_epochs + epochs`` epochs are done (resuming where it stands).
+
+        ``on_epoch(trainer, record)`` runs after every epoch (checkpoints, logs).
+        """
+        bar = tqdm(total=self.total_epochs, initial=self.epoch, disable=not progress, desc="train", unit="epoch")
+        with bar:
+            while self.epoch < self.total_epochs:
+                record = self.train_epoch()
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(record['loss']) / len(record['loss']):.2f}")
+                if on_epoch is not None:
+                    on_epoch(self, record)
+        return self.history
+
+    # ---------------------------------------------------------------- resuming
+    def save_state(self, path: str | Path) -> None:
+        progress = {"epoch": self.epoch, "step": self.step, "max_rate": self._max_rate}
+        save_state(self.model, self.optimizer, self.generator, progress, path)
+
+    def load_state(self, path: str | Path) -> None:
+        progress = load_state(self.model, self.optimizer, self.generator, path)
+        self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
+        self._max_rate = float(progress.get("max_rate", 0.0))
