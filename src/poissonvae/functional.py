@@ -65,6 +65,46 @@ def gaussian_kl(mu: Tensor, sigma: Tensor, prior_mu: Tensor, prior_sigma: Tensor
     return 0.5 * (mean_term + torch.expm1(ratio_log) - ratio_log)
 
 
+class _ReluMoments(torch.autograd.Function):
+    """Forward: the cancellation-free moments; backward: their exact derivatives.
+
+    From eqs. (58) and (68): ``dm/dmu = Phi(zeta)``, ``dm/dsigma = phi(zeta)``,
+    ``dE[h^2]/dmu = 2 m``, ``dE[h^2]/dsigma = 2 sigma Phi(zeta)``, hence
+    ``dv/dmu = 2 m (1 - Phi)`` and ``dv/dsigma = 2 sigma Phi - 2 m phi``. A
+    hand-written backward is several times cheaper than differentiating the
+    forward's special functions.
+    """
+
+    @staticmethod
+    def forward(ctx, mu: Tensor, sigma: Tensor):
+        zeta = mu / sigma
+        a = zeta.abs()
+        phi = torch.exp(-0.5 * a * a) * (1.0 / _SQRT_2PI)
+        # Mills ratio of the small tail, r = Phi(-a) / phi(a): bounded in (0, 1.26]
+        r = _SQRT_HALF_PI * torch.special.erfcx(a * (1.0 / math.sqrt(2.0)))
+        q = phi * r  # Phi(-|zeta|), accurate even when tiny
+        positive = zeta >= 0
+        # zeta >= 0: P = 1 - q, Q = q
+        p = 1.0 - q
+        mean_p = zeta * p + phi
+        var_p = zeta * zeta * p * q + p - zeta * phi * (p - q) - phi * phi
+        # zeta < 0, a = -zeta: m / sigma = phi (1 - a r), E[h^2] / sigma^2 = phi ((a^2 + 1) r - a)
+        mean_n = phi * (1.0 - a * r)
+        var_n = phi * ((a * a + 1.0) * r - a) - mean_n * mean_n
+        mean = sigma * torch.where(positive, mean_p, mean_n)
+        var = sigma * sigma * torch.where(positive, var_p, var_n).clamp(min=0.0)
+        cdf = torch.where(positive, p, q)  # Phi(zeta)
+        ctx.save_for_backward(sigma, mean, cdf, phi)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, grad_mean: Tensor, grad_var: Tensor):
+        sigma, mean, cdf, phi = ctx.saved_tensors
+        grad_mu = grad_mean * cdf + grad_var * (2.0 * mean * (1.0 - cdf))
+        grad_sigma = grad_mean * phi + grad_var * (2.0 * (sigma * cdf - mean * phi))
+        return grad_mu, grad_sigma
+
+
 def relu_moments(mu: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance of ``relu(z)``, ``z ~ N(mu, sigma^2)`` (eqs. 18-19, 58, 68).
 
@@ -72,45 +112,23 @@ def relu_moments(mu: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     ``v = (mu^2 + sigma^2) Phi(zeta) + mu sigma phi(zeta) - m^2``, ``zeta = mu / sigma``.
 
     Written as printed, ``v`` cancels catastrophically for large ``|zeta|`` (it
-    can come out negative). We evaluate in float64, in units of sigma, with a
-    form per sign of zeta that has no large cancellation:
+    can come out negative) and ``Phi`` underflows. We evaluate, in units of
+    sigma, with the Mills ratio ``r = Phi(-|zeta|) / phi(zeta) =
+    sqrt(pi/2) erfcx(|zeta| / sqrt 2)`` (bounded, never under- or overflows):
 
     * zeta >= 0: ``v / sigma^2 = zeta^2 P Q + P - zeta phi (P - Q) - phi^2``,
-      with ``P = Phi(zeta)``, ``Q = Phi(-zeta)``;
-    * zeta < 0, ``a = -zeta``: with the Mills ratio ``r = Phi(zeta) / phi(zeta)
-      = sqrt(pi/2) erfcx(a / sqrt 2)`` (bounded, no underflow),
-      ``m / sigma = phi (1 - a r)``, ``E[h^2] / sigma^2 = phi ((a^2 + 1) r - a)``.
+      ``P = 1 - Q``, ``Q = phi r``: no term larger than the result survives;
+    * zeta < 0, ``a = -zeta``: ``m / sigma = phi (1 - a r)``,
+      ``E[h^2] / sigma^2 = phi ((a^2 + 1) r - a)``: a relative error of about
+      ``eps a^4`` before ``phi`` underflows (float32: < 2e-3 at the
+      underflow point ``a ~ 13``; float64: < 1e-9 at ``a = 40``).
 
-    Both branches are evaluated on clamped inputs so that ``torch.where`` never
-    mixes in a NaN gradient. Results are finite and non-negative for
-    ``|zeta|`` far beyond 40 and ``sigma`` down to 1e-6 and below. Returned in
-    the dtype of the inputs.
+    Finite and non-negative for any ``zeta`` and ``sigma > 0`` (tested to
+    ``|zeta| = 1e4`` and ``sigma = 1e-6``). Computed in the inputs' dtype, with
+    the exact analytic gradient. Shapes broadcast.
     """
     mu, sigma = torch.broadcast_tensors(mu, sigma)
-    out_dtype = mu.dtype
-    mu64, sigma64 = mu.double(), sigma.double()
-    zeta = mu64 / sigma64
-
-    # zeta >= 0 branch
-    zp = zeta.clamp(min=0.0)
-    P = torch.special.ndtr(zp)
-    Q = torch.special.ndtr(-zp)
-    phi_p = torch.exp(-0.5 * zp**2) / _SQRT_2PI
-    mean_p = zp * P + phi_p
-    var_p = zp**2 * P * Q + P - zp * phi_p * (P - Q) - phi_p**2
-
-    # zeta < 0 branch
-    a = (-zeta).clamp(min=0.0)
-    phi_n = torch.exp(-0.5 * a**2) / _SQRT_2PI
-    r = _SQRT_HALF_PI * torch.special.erfcx(a / math.sqrt(2.0))
-    mean_n = phi_n * (1.0 - a * r)
-    second_n = phi_n * ((a**2 + 1.0) * r - a)
-    var_n = second_n - mean_n**2
-
-    positive = zeta >= 0
-    mean = sigma64 * torch.where(positive, mean_p, mean_n)
-    var = sigma64**2 * torch.where(positive, var_p, var_n).clamp(min=0.0)
-    return mean.to(out_dtype), var.to(out_dtype)
+    return _ReluMoments.apply(mu, sigma)
 
 
 def linear_reconstruction(x: Tensor, dictionary: Tensor, mean: Tensor, variance: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ A run directory holds
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -29,9 +30,20 @@ CONFIG, LOG, CHECKPOINT, WEIGHTS, METRICS, DICTIONARY = (
     "config.json", "log.jsonl", "checkpoint.safetensors", "weights.safetensors", "metrics.json", "dictionary.png")
 
 
+def _json_safe(obj):
+    """NaN/Inf are not JSON: write them as null (e.g. lifetime sparsity of a silent model)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -39,18 +51,36 @@ def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / METRICS).is_file()
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
-    """Create ``run_dir`` with its config, or check that an existing one has the same config."""
+# Settings that say where or on what to compute, not what: a run may resume
+# with another cache folder or device.
+_NOT_IDENTITY = {("data", "cache_dir"), ("train", "device")}
+
+
+def run_identity(cfg: RunConfig) -> dict:
+    """The parts of a config that determine the result."""
+    d = cfg.to_dict()
+    return {sec: {k: v for k, v in vals.items() if (sec, k) not in _NOT_IDENTITY} for sec, vals in d.items()}
+
+
+def check_run_dir(cfg: RunConfig, run_dir: Path) -> bool:
+    """Whether ``run_dir`` already holds this run; raises if it holds a different one."""
     cfg_path = run_dir / CONFIG
-    if cfg_path.exists():
-        existing = RunConfig.load(cfg_path)
-        if existing.to_dict() != cfg.to_dict():
-            raise ConfigError(
-                f"{run_dir} already holds a run with a different config; choose another directory "
-                f"or resume it with `poissonvae train --resume {run_dir}`")
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(cfg_path)
+    if not cfg_path.exists():
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"{run_dir} exists and is not a directory")
+        return False
+    if run_identity(RunConfig.load(cfg_path)) != run_identity(cfg):
+        raise ConfigError(
+            f"{run_dir} already holds a run with a different config; choose another directory "
+            f"or resume it with `poissonvae train --resume {run_dir}`")
+    return True
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
+    """Create ``run_dir`` with its config unless it already holds this run."""
+    if not check_run_dir(cfg, run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG)
 
 
 def _truncate_log(path: Path, epoch: int) -> None:
@@ -82,10 +112,10 @@ def train_run(cfg: RunConfig, run_dir: str | Path, progress: bool = True, patche
     """
     cfg.validate()
     run_dir = Path(run_dir)
-    prepare_run_dir(cfg, run_dir)
-    if is_finished(run_dir):
+    if check_run_dir(cfg, run_dir) and is_finished(run_dir):
         return json.loads((run_dir / METRICS).read_text())
-    patches = patches or prepare_patches(cfg.data, progress=progress)
+    patches = patches or prepare_patches(cfg.data, progress=progress)  # before writing anything
+    prepare_run_dir(cfg, run_dir)
     train, val = patches.tensors()
     model = LinearVAE(cfg.model, seeds=[cfg.train.seed])
     trainer = Trainer(model, cfg.train, train)

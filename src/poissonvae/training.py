@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checkpoint import load_state, save_state
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data.patches import validate_patches
 from .functional import poisson_n_exp
 from .models import LinearVAE
@@ -32,7 +32,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available on this machine")
     return torch.device(name)
 
 
@@ -89,6 +89,7 @@ class Trainer:
         self.history: list[dict] = []
         self._adaptive_n_exp = cfg.estimator != "exact" and model.family.uses_temperature and model.cfg.n_exp is None
         self._max_rate = 0.0
+        self._epoch_max = torch.zeros((), device=self.device)
 
     # ----------------------------------------------------------------- schedules
     def beta(self, step: int) -> Tensor:

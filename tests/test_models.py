@@ -1,0 +1,98 @@
+"""Latent families and the stacked linear VAE against independent computations."""
+
+import math
+
+import pytest
+import torch
+
+import poissonvae.functional as F
+from poissonvae.config import ConfigError, ModelConfig
+from poissonvae.families import get_family
+from poissonvae.models import LinearVAE
+
+
+def _data(n=64, d=16, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed + 1000))
+
+
+def test_poisson_posterior_is_residual_on_prior_and_kl_is_eq_28():
+    fam = get_family("poisson")
+    prior = {"log_rate": torch.tensor([[-5.0, -4.0, -3.0]])}
+    u = torch.tensor([[[0.3, -1.0, 1.0]]])
+    post = fam.posterior(u, prior)
+    rate = torch.exp(post["log_rate"])
+    # eq. (4): lambda = lambda0 * exp(u), away from the soft clamps
+    assert torch.allclose(rate, torch.exp(prior["log_rate"] + u), rtol=2e-3)
+    assert torch.allclose(fam.kl(post), F.poisson_kl(rate, torch.exp(post["log_prior_rate"])), rtol=1e-4)
+
+
+def test_gaussian_posterior_is_residual_on_prior():
+    fam = get_family("gaussian_relu")
+    prior = {"mu": torch.tensor([[0.5, -0.2]]), "log_sigma": torch.tensor([[0.1, -0.3]])}
+    enc = torch.tensor([[[0.2, -0.1, 0.05, 0.2]]])  # delta_mu (2), delta_v (2)
+    post = fam.posterior(enc, prior)
+    assert torch.allclose(post["mu"], prior["mu"] + enc[..., :2])  # eq. (5)
+    assert torch.allclose(post["sigma"], torch.exp(prior["log_sigma"] + enc[..., 2:]), rtol=1e-3)
+
+
+def test_unknown_family_and_bad_sizes_are_rejected():
+    with pytest.raises(ValueError, match="unknown latent family 'laplacian'"):
+        get_family("laplacian")
+    with pytest.raises(ConfigError, match="model.K"):
+        LinearVAE(ModelConfig(K=0, input_dim=16))
+    with pytest.raises(ConfigError, match="unknown latent family"):
+        LinearVAE(ModelConfig(family="nope", input_dim=16))
+
+
+@pytest.mark.parametrize("family", ["poisson", "gaussian", "gaussian_relu"])
+def test_exact_reconstruction_matches_sampled_average(family):
+    """The closed-form L_recon (eq. 21) equals the average of ||x - Phi h||^2 over exact samples."""
+    model = LinearVAE(ModelConfig(family=family, K=8, input_dim=16, init_std=0.3), seeds=[3])
+    with torch.no_grad():
+        if family == "poisson":
+            model.prior_log_rate.fill_(0.0)  # rates ~ 1, a non-trivial Poisson
+    model = model.double()
+    x = _data(4).double()
+    exact = model(x, "exact").recon
+    post = model.encode(x)
+    g = torch.Generator().manual_seed(0)
+    S = 40_000
+    total = torch.zeros_like(exact)
+    for _ in range(4):
+        h = model.family.sample({k: v.expand(S // 4, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in post.items()}, g)
+        total += ((x - h @ model.dictionary[0].T) ** 2).sum(-1).mean(0, keepdim=True)
+    assert torch.allclose(exact, total / 4, rtol=0.02)
+
+
+def test_stacked_models_equal_models_alone():
+    cfg = ModelConfig(family="gaussian_relu", K=6, input_dim=16)
+    group = LinearVAE(cfg, seeds=[11, 12, 13])
+    x = _data()
+    out = group(x, "exact")
+    for i, seed in enumerate([11, 12, 13]):
+        alone = LinearVAE(cfg, seeds=[seed])
+        for k, v in alone.state_dict().items():
+            assert torch.equal(v[0], group.state_dict()[k][i])
+        single = alone(x, "exact")
+        assert torch.allclose(out.recon[i], single.recon[0], rtol=1e-5, atol=1e-5)
+        assert torch.allclose(out.kl[i], single.kl[0], rtol=1e-5, atol=1e-6)
+
+
+def test_mc_free_energy_approaches_exact_in_expectation():
+    model = LinearVAE(ModelConfig(K=8, input_dim=16, init_std=0.3), seeds=[5])
+    with torch.no_grad():
+        model.prior_log_rate.fill_(-0.5)
+    x = _data(8)
+    exact = model(x, "exact").recon.mean().item()
+    g = torch.Generator().manual_seed(1)
+    mc = torch.stack([model(x, "mc", temperature=0.05, generator=g).recon.mean() for _ in range(300)]).mean().item()
+    assert mc == pytest.approx(exact, rel=0.02)
+
+
+def test_fixed_prior_of_plain_gaussian_is_a_buffer():
+    model = LinearVAE(ModelConfig(family="gaussian", K=4, input_dim=16))
+    names = {n for n, _ in model.named_parameters()}
+    assert names == {"encoder", "dictionary"}
+    learned = LinearVAE(ModelConfig(family="gaussian", K=4, input_dim=16, learn_prior=True))
+    assert {"prior_mu", "prior_log_sigma"} <= {n for n, _ in learned.named_parameters()}
+    assert math.isclose(float(model.prior_log_sigma.abs().max()), 0.0)

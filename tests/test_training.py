@@ -1,0 +1,159 @@
+"""Trainer: schedules, per-model clipping, determinism, grouped == alone, resume, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from poissonvae.checkpoint import CheckpointError
+from poissonvae.config import ConfigError, ModelConfig, TrainConfig
+from poissonvae.data import DataError
+from poissonvae.models import LinearVAE
+from poissonvae.schedules import beta_at, lr_factor, temperature_at
+from poissonvae.training import Trainer, clip_grad_norm_per_model
+
+D = 16  # 4x4 patches keep these tests fast
+
+
+def _patches(n=400, seed=0):
+    return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
+
+
+def _cfg(**kw):
+    base = dict(epochs=3, warmup_epochs=1, batch_size=100, checkpoint_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_schedules_follow_their_definitions():
+    # warm-up: linear to the base lr; then cosine from 1 to eta_min_ratio
+    assert lr_factor(0, 10, 110, 0.01) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 110, 0.01) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 110, 0.01) == pytest.approx(1.0)
+    assert lr_factor(60, 10, 110, 0.01) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(110, 10, 110, 0.01) == pytest.approx(0.01)
+    # KL annealing: 1e-4 -> beta over the first half, then flat
+    assert beta_at(0, 100, 1e-4, 2.0, 0.5) == pytest.approx(1e-4)
+    assert beta_at(25, 100, 1e-4, 2.0, 0.5) == pytest.approx(1e-4 + (2.0 - 1e-4) / 2)
+    assert beta_at(80, 100, 1e-4, 2.0, 0.5) == 2.0
+    assert temperature_at(50, 100, 1.0, 0.05, 0.5) == pytest.approx(0.05)
+    assert temperature_at(25, 100, 1.0, 0.05, 0.5, "exponential") == pytest.approx(math.sqrt(0.05))
+
+
+def test_per_model_clipping_equals_torch_clipping_of_each_model_alone():
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(3, 4, 5)), torch.nn.Parameter(torch.zeros(3, 7))]
+    grads = [torch.randn(3, 4, 5, generator=g) * s for s in (1.0,)] + [torch.randn(3, 7, generator=g) * 10]
+    for p, gr in zip(params, grads):
+        p.grad = gr.clone()
+    clip_grad_norm_per_model(params, 5.0)
+    for m in range(3):
+        alone = [torch.nn.Parameter(torch.zeros_like(gr[m])) for gr in grads]
+        for p, gr in zip(alone, grads):
+            p.grad = gr[m].clone()
+        torch.nn.utils.clip_grad_norm_(alone, 5.0)
+        for p, q in zip(params, alone):
+            assert torch.allclose(p.grad[m], q.grad, atol=1e-6)
+
+
+def test_same_seed_same_result_and_loss_decreases():
+    results = []
+    for _ in range(2):
+        model = LinearVAE(ModelConfig(K=8, input_dim=D), seeds=[4])
+        tr = Trainer(model, _cfg(estimator="mc"), _patches())
+        hist = tr.fit(progress=False)
+        results.append((model.state_dict(), hist))
+    for k in results[0][0]:
+        assert torch.equal(results[0][0][k], results[1][0][k])
+    losses = [h["loss"][0] for h in results[0][1]]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("family", ["poisson", "gaussian_relu"])
+def test_model_trained_in_a_group_equals_model_trained_alone(family):
+    cfg = ModelConfig(family=family, K=8, input_dim=D)
+    betas, seeds = [0.1, 1.0, 4.0], [1, 2, 3]
+    group = LinearVAE(cfg, seeds=seeds)
+    Trainer(group, _cfg(), _patches(), betas=betas).fit(progress=False)
+    for i, (beta, seed) in enumerate(zip(betas, seeds)):
+        alone = LinearVAE(cfg, seeds=[seed])
+        Trainer(alone, _cfg(beta=beta), _patches()).fit(progress=False)
+        for k, v in alone.state_dict().items():
+            assert torch.allclose(group.state_dict()[k][i], v[0], rtol=1e-4, atol=1e-5), k
+
+
+def test_resume_from_state_gives_the_uninterrupted_result(tmp_path):
+    cfg = _cfg(estimator="mc", epochs=4)
+    full = LinearVAE(ModelConfig(K=8, input_dim=D), seeds=[7])
+    Trainer(full, cfg, _patches()).fit(progress=False)
+
+    first = LinearVAE(ModelConfig(K=8, input_dim=D), seeds=[7])
+    tr = Trainer(first, cfg, _patches())
+    tr.train_epoch()
+    tr.train_epoch()
+    tr.save_state(tmp_path / "state.safetensors")
+
+    fresh = LinearVAE(ModelConfig(K=8, input_dim=D), seeds=[99])  # different init: overwritten on load
+    tr2 = Trainer(fresh, cfg, _patches())
+    tr2.load_state(tmp_path / "state.safetensors")
+    assert tr2.epoch == 2
+    tr2.fit(progress=False)
+    for k, v in full.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+
+
+def test_bad_training_input_is_rejected_before_any_step():
+    model = LinearVAE(ModelConfig(K=8, input_dim=D))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = _patches()
+    bad[3, 2] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        Trainer(model, _cfg(), bad)
+    with pytest.raises(DataError, match="empty|0 "):
+        Trainer(model, _cfg(), torch.empty(0, D))
+    with pytest.raises((DataError, ValueError), match="expected|values"):
+        Trainer(model, _cfg(), torch.randn(100, 25))
+    with pytest.raises(ConfigError, match="train.beta"):
+        Trainer(model, _cfg(beta=-1.0), _patches())
+    with pytest.raises(ValueError, match="beta"):
+        Trainer(model, _cfg(), _patches(), betas=[-0.5])
+    with pytest.raises(ConfigError, match="train.estimator"):
+        Trainer(model, _cfg(estimator="reinforce"), _patches())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_corrupt_foreign_and_mismatched_checkpoints_are_rejected(tmp_path):
+    from safetensors.torch import save_file
+
+    from poissonvae.checkpoint import load_weights, save_weights
+
+    model = LinearVAE(ModelConfig(K=8, input_dim=D))
+    good = tmp_path / "w.safetensors"
+    save_weights(model, good)
+    other = LinearVAE(ModelConfig(K=8, input_dim=D), seeds=[5])
+    load_weights(other, good)
+    assert torch.equal(other.encoder, model.encoder)
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_weights(other, corrupt)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00\x01not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_weights(other, garbage)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not a poissonvae checkpoint"):
+        load_weights(other, foreign)
+    pickled = tmp_path / "model.pt"
+    torch.save(model.state_dict(), pickled)
+    with pytest.raises(CheckpointError, match="corrupt or not a safetensors"):
+        load_weights(other, pickled)
+    with pytest.raises(CheckpointError, match="K="):
+        load_weights(LinearVAE(ModelConfig(K=9, input_dim=D)), good)
+    with pytest.raises(CheckpointError, match="family="):
+        load_weights(LinearVAE(ModelConfig(family="gaussian_relu", K=8, input_dim=D)), good)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_weights(other, tmp_path / "missing.safetensors")
