@@ -3,7 +3,9 @@
 A run directory holds
     config.json            the RunConfig (written first)
     log.jsonl              one line of training metrics per epoch
-    checkpoint.safetensors weights + optimiser + RNG while training (resume point)
+    checkpoint.safetensors weights + optimiser + RNG while training (resume point;
+                           for a group trained together it lives in the group's folder,
+                           beside group.json, the list of runs it holds)
     weights.safetensors    final weights
     metrics.json           validation metrics (written last: marks the run finished)
     dictionary.png         the learned dictionary, ordered by per-unit KL
@@ -26,8 +28,9 @@ from .figures import plot_dictionary
 from .models import LinearVAE
 from .training import Trainer
 
-CONFIG, LOG, CHECKPOINT, WEIGHTS, METRICS, DICTIONARY = (
-    "config.json", "log.jsonl", "checkpoint.safetensors", "weights.safetensors", "metrics.json", "dictionary.png")
+CONFIG, LOG, CHECKPOINT, WEIGHTS, METRICS, DICTIONARY, GROUP = (
+    "config.json", "log.jsonl", "checkpoint.safetensors", "weights.safetensors", "metrics.json", "dictionary.png",
+    "group.json")
 
 
 def _json_safe(obj):
@@ -91,18 +94,114 @@ def _truncate_log(path: Path, epoch: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def finish_run(model: LinearVAE, index: int, cfg: RunConfig, val, run_dir: Path, history: list[dict]) -> dict:
-    """Evaluate model ``index`` of a stack, save its weights, figure and metrics."""
-    metrics = {k: v[index] for k, v in evaluate(model, val, cfg.train.eval_batch_size, seed=cfg.train.seed).items()}
+def finish_run(model: LinearVAE, index: int, cfg: RunConfig, metrics: dict, run_dir: Path, epochs: int,
+               seconds: float | None = None) -> dict:
+    """Save model ``index`` of a stack as a finished run: weights, dictionary figure, metrics."""
     single = LinearVAE(cfg.model, seeds=[cfg.train.seed])
     single.load_state_dict(model.select(index))
     save_weights(single, run_dir / WEIGHTS)
     dictionary = single.dictionary[0].detach().cpu().numpy()
     order = np.argsort(-np.asarray(metrics["per_unit_kl"]))
-    plot_dictionary(dictionary, run_dir / DICTIONARY, order, title=f"{cfg.model.family}, K={cfg.model.K}, beta={cfg.train.beta}")
-    metrics["final_train"] = {k: (v[index] if isinstance(v, list) else v) for k, v in history[-1].items()} if history else {}
+    plot_dictionary(dictionary, run_dir / DICTIONARY, order, title=f"{cfg.model.family}, K={cfg.model.K}, beta={cfg.train.beta:g}")
+    metrics = dict(metrics)
+    metrics["epochs"] = epochs
+    metrics["train_seconds"] = seconds  # wall time of the (group) training it came from
     write_json(run_dir / METRICS, metrics)
     return metrics
+
+
+def _slice(record: dict, j: int) -> dict:
+    """The part of a stacked trainer's log record that belongs to model ``j``."""
+    return {k: (v[j] if isinstance(v, list) else v) for k, v in record.items()}
+
+
+def _check_group(cfgs: list[RunConfig]) -> None:
+    def shared(c: RunConfig) -> dict:
+        d = run_identity(c)
+        d["train"] = {k: v for k, v in d["train"].items() if k not in ("beta", "seed")}
+        return d
+
+    if not cfgs:
+        raise ValueError("a group needs at least one run")
+    first = shared(cfgs[0])
+    for c in cfgs[1:]:
+        if shared(c) != first:
+            raise ValueError("runs trained as one group may differ only in train.beta and train.seed")
+
+
+def train_group(
+    cfgs: list[RunConfig],
+    run_dirs: list[str | Path],
+    state_dir: str | Path,
+    patches: PatchSet | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train runs that differ only in beta and seed as one stacked model, in one pass.
+
+    Finished runs are skipped; the unfinished ones train together, and the
+    group checkpoints to ``state_dir`` so that a killed process resumes where
+    it stopped. Returns every run's metrics, in the order given.
+    """
+    run_dirs = [Path(d) for d in run_dirs]
+    state_dir = Path(state_dir)
+    for c in cfgs:
+        c.validate()
+    _check_group(cfgs)
+    exists = [check_run_dir(c, d) for c, d in zip(cfgs, run_dirs)]
+    todo = [i for i, d in enumerate(run_dirs) if not (exists[i] and is_finished(d))]
+    if todo:
+        patches = patches or prepare_patches(cfgs[0].data, progress=progress)  # before writing anything
+        _train_members(cfgs, run_dirs, todo, state_dir, patches, progress)
+    return [json.loads((d / METRICS).read_text()) for d in run_dirs]
+
+
+def _train_members(cfgs, run_dirs, todo, state_dir: Path, patches: PatchSet, progress: bool) -> None:
+    ckpt, roster_path = state_dir / CHECKPOINT, state_dir / GROUP
+    index = {str(d.resolve()): i for i, d in enumerate(run_dirs)}
+    members = [str(run_dirs[i].resolve()) for i in todo]
+    resume = False
+    if ckpt.exists() and roster_path.exists():
+        roster = json.loads(roster_path.read_text())
+        # A group killed while writing its results has some members finished:
+        # resume the whole roster (bit-identical) and finish only the rest.
+        if set(members) <= set(roster) and all(m in index for m in roster):
+            members, resume = roster, True
+    slots = [index[m] for m in members]  # runs in model-axis order
+    unfinished = set(todo)
+    for i in todo:
+        prepare_run_dir(cfgs[i], run_dirs[i])
+    train, val = patches.tensors()
+    lead = cfgs[slots[0]]
+    model = LinearVAE(lead.model, seeds=[cfgs[i].train.seed for i in slots])
+    trainer = Trainer(model, lead.train, train, betas=[cfgs[i].train.beta for i in slots])
+    if resume:
+        trainer.load_state(ckpt)
+        for i in todo:
+            _truncate_log(run_dirs[i] / LOG, trainer.epoch)
+    else:
+        for i in todo:
+            (run_dirs[i] / LOG).unlink(missing_ok=True)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_json(roster_path, members)
+
+    def on_epoch(tr: Trainer, record: dict) -> None:
+        for j, i in enumerate(slots):
+            if i in unfinished:
+                with open(run_dirs[i] / LOG, "a") as f:
+                    f.write(json.dumps(_slice(record, j)) + "\n")
+        if tr.epoch % lead.train.checkpoint_every == 0 or tr.epoch == tr.total_epochs:
+            tr.save_state(ckpt)
+
+    trainer.fit(on_epoch=on_epoch, progress=progress)
+    metrics = evaluate(trainer.model, val, lead.train.eval_batch_size, seed=lead.train.seed)
+    for j, i in enumerate(slots):
+        if i in unfinished:
+            finish_run(trainer.model, j, cfgs[i], {k: v[j] for k, v in metrics.items()}, run_dirs[i], trainer.epoch,
+                       trainer.seconds)
+    ckpt.unlink(missing_ok=True)
+    roster_path.unlink(missing_ok=True)
+    if state_dir != run_dirs[0] and state_dir.is_dir() and not any(state_dir.iterdir()):
+        state_dir.rmdir()
 
 
 def train_run(cfg: RunConfig, run_dir: str | Path, progress: bool = True, patches: PatchSet | None = None) -> dict:
@@ -110,26 +209,4 @@ def train_run(cfg: RunConfig, run_dir: str | Path, progress: bool = True, patche
 
     Everything is validated before any work; a finished run is not retrained.
     """
-    cfg.validate()
-    run_dir = Path(run_dir)
-    if check_run_dir(cfg, run_dir) and is_finished(run_dir):
-        return json.loads((run_dir / METRICS).read_text())
-    patches = patches or prepare_patches(cfg.data, progress=progress)  # before writing anything
-    prepare_run_dir(cfg, run_dir)
-    train, val = patches.tensors()
-    model = LinearVAE(cfg.model, seeds=[cfg.train.seed])
-    trainer = Trainer(model, cfg.train, train)
-    if (run_dir / CHECKPOINT).exists():
-        trainer.load_state(run_dir / CHECKPOINT)
-        _truncate_log(run_dir / LOG, trainer.epoch)
-
-    def on_epoch(tr: Trainer, record: dict) -> None:
-        with open(run_dir / LOG, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if tr.epoch % cfg.train.checkpoint_every == 0 or tr.epoch == tr.total_epochs:
-            tr.save_state(run_dir / CHECKPOINT)
-
-    history = trainer.fit(on_epoch=on_epoch, progress=progress)
-    metrics = finish_run(trainer.model, 0, cfg, val, run_dir, history)
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)
-    return metrics
+    return train_group([cfg], [run_dir], run_dir, patches=patches, progress=progress)[0]

@@ -13,6 +13,7 @@ The trainer only trains: it does not load data, plot, or write run directories
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,6 +87,7 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.epoch = 0
         self.step = 0
+        self.seconds = 0.0  # wall time spent training, across resumes
         self.history: list[dict] = []
         self._adaptive_n_exp = cfg.estimator != "exact" and model.family.uses_temperature and model.cfg.n_exp is None
         self._max_rate = 0.0
@@ -163,7 +165,9 @@ class Trainer:
         bar = tqdm(total=self.total_epochs, initial=self.epoch, disable=not progress, desc="train", unit="epoch")
         with bar:
             while self.epoch < self.total_epochs:
+                t0 = time.perf_counter()
                 record = self.train_epoch()
+                self.seconds += time.perf_counter() - t0
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(record['loss']) / len(record['loss']):.2f}")
                 if on_epoch is not None:
@@ -172,10 +176,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- resuming
     def save_state(self, path: str | Path) -> None:
-        progress = {"epoch": self.epoch, "step": self.step, "max_rate": self._max_rate}
+        progress = {"epoch": self.epoch, "step": self.step, "max_rate": self._max_rate, "seconds": self.seconds}
         save_state(self.model, self.optimizer, self.generator, progress, path)
 
     def load_state(self, path: str | Path) -> None:
         progress = load_state(self.model, self.optimizer, self.generator, path)
         self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
         self._max_rate = float(progress.get("max_rate", 0.0))
+        self.seconds = float(progress.get("seconds", 0.0))
