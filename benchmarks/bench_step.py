@@ -77,7 +77,8 @@ def main() -> None:
     p.add_argument("--K", type=int, default=512)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=15, help="alternating rounds; each times every case")
+    p.add_argument("--repeats", type=int, default=5, help="calls per case per round")
     p.add_argument("--device", default="cpu")
     p.add_argument("--mc", action="store_true", help="also time the Monte Carlo (relaxed-sample) estimator")
     args = p.parse_args()
@@ -86,16 +87,26 @@ def main() -> None:
           f"threads {torch.get_num_threads()}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"shapes: batch {args.batch}, input {args.dim}, K {args.K}")
-    base = median_time(bare_matmuls(args.batch, args.dim, args.K, device), device, args.repeats)
-    print(f"{'bare matmuls (5 products)':40s} {base * 1e3:8.2f} ms   1.00x")
     cases = [("poisson", "exact"), ("gaussian_relu", "exact")]
     if args.mc:
         cases += [("poisson", "mc"), ("gaussian_relu", "mc")]
+    fns = {"bare matmuls (5 products)": bare_matmuls(args.batch, args.dim, args.K, device)}
     for family, estimator in cases:
         step, model = train_step(family, estimator, args.batch, args.dim, args.K, device)
-        t = median_time(step, device, args.repeats)
         extra = f" (n_exp={model.family.n_exp})" if estimator == "mc" and family == "poisson" else ""
-        print(f"{f'train step {family} {estimator}' + extra:40s} {t * 1e3:8.2f} ms   {t / base:.2f}x")
+        fns[f"train step {family} {estimator}{extra}"] = step
+    # Interleave: every round times every case, so a change in machine load
+    # during the run hits all of them alike; report medians over rounds.
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for name, fn in fns.items():
+        median_time(fn, device, 1, warmup=5)
+    for _ in range(args.rounds):
+        for name, fn in fns.items():
+            samples[name].append(median_time(fn, device, args.repeats, warmup=1))
+    base = statistics.median(samples["bare matmuls (5 products)"])
+    for name, ts in samples.items():
+        t = statistics.median(ts)
+        print(f"{name:44s} {t * 1e3:8.2f} ms   {t / base:.2f}x")
 
 
 if __name__ == "__main__":

@@ -207,3 +207,15 @@ def test_bad_arguments_raise():
         F.poisson_rsample(torch.ones(3), -1.0)
     with pytest.raises(ValueError, match="indicator"):
         F.poisson_rsample(torch.ones(3), 0.1, indicator="step")
+
+
+def test_linear_reconstruction_gradients_match_autograd_of_the_formula():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)  # shared by 3 models
+    phi = torch.randn(3, 4, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    m = torch.rand(3, 5, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.rand(3, 5, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(F.linear_reconstruction, (x, phi, m, v))
+    # and the values equal the plain formula, eq. (17)
+    plain = ((x - m @ phi.transpose(-1, -2)) ** 2).sum(-1) + (v * (phi**2).sum(-2).unsqueeze(-2)).sum(-1)
+    assert torch.allclose(F.linear_reconstruction(x, phi, m, v), plain)

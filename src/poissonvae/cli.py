@@ -1,4 +1,4 @@
-"""Command-line interface: ``poissonvae data`` and ``poissonvae train``.
+"""Command-line interface: ``poissonvae data``, ``train``, ``sweep``, ``figures`` and ``report``.
 
 Every setting is validated before any data is prepared or any file is written;
 errors are printed as ``poissonvae: error: ...`` with exit code 2.
@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap("Poisson variational autoencoders and their Gaussian controls on natural-image "
                           "patches."),
         epilog="examples:\n  poissonvae data --n-train 20000\n"
-               "  poissonvae train --family poisson --K 512 --beta 1.0 --epochs 40 --out runs/pvae-K512\n\n"
+               "  poissonvae train --family poisson --K 512 --beta 1.0 --epochs 40 --out runs/pvae-K512\n"
+               "  poissonvae sweep --preset quick --out sweeps/quick\n\n"
                "`poissonvae COMMAND --help` explains each command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -210,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(p, "model and training options", TRAIN_OPTIONS)
     add_data_args(p)
     p.set_defaults(func=cmd_train)
+
+    from .cli_sweep import add_sweep_commands
+
+    add_sweep_commands(sub)
     return parser
 
 

@@ -131,6 +131,47 @@ def relu_moments(mu: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     return _ReluMoments.apply(mu, sigma)
 
 
+class _LinearReconstruction(torch.autograd.Function):
+    """Eq. (17) with its derivatives written out (one residual, no elementwise graph):
+    with ``r = x - Phi m`` and ``c = diag(Phi^T Phi)``, ``L = |r|^2 + v . c``;
+    ``dL/dm = -2 Phi^T r``, ``dL/dv = c``, ``dL/dPhi = -2 r m^T + 2 Phi diag(v)``,
+    ``dL/dx = 2 r``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dictionary: Tensor, mean: Tensor, variance: Tensor):
+        residual = x - mean @ dictionary.transpose(-1, -2)  # (..., B, D)
+        column_norms = (dictionary * dictionary).sum(-2)  # (..., K)
+        loss = (residual * residual).sum(-1) + (variance @ column_norms.unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(x, dictionary, mean, variance, residual, column_norms)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, dictionary, mean, variance, residual, column_norms = ctx.saved_tensors
+        g = g.unsqueeze(-1)  # (..., B, 1)
+        gr = residual * (2.0 * g)  # (..., B, D)
+        grads = [None, None, None, None]
+        if ctx.needs_input_grad[0]:
+            grads[0] = _sum_to(gr, x.shape)
+        if ctx.needs_input_grad[1]:
+            weighted_var = (variance * g).sum(-2, keepdim=True)  # (..., 1, K)
+            g_dict = 2.0 * dictionary * weighted_var - gr.transpose(-1, -2) @ mean
+            grads[1] = _sum_to(g_dict, dictionary.shape)
+        if ctx.needs_input_grad[2]:
+            grads[2] = _sum_to(-(gr @ dictionary), mean.shape)
+        if ctx.needs_input_grad[3]:
+            grads[3] = _sum_to(g * column_norms.unsqueeze(-2), variance.shape)
+        return tuple(grads)
+
+
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast gradient back to the shape of its input."""
+    while t.dim() > len(shape):
+        t = t.sum(0)
+    dims = [i for i, (a, b) in enumerate(zip(t.shape, shape)) if b == 1 and a != 1]
+    return t.sum(dims, keepdim=True) if dims else t
+
+
 def linear_reconstruction(x: Tensor, dictionary: Tensor, mean: Tensor, variance: Tensor) -> Tensor:
     """Exact ``E_q ||x - Phi h||^2`` for a linear decoder and factorised q (eq. 17/50).
 
@@ -145,12 +186,13 @@ def linear_reconstruction(x: Tensor, dictionary: Tensor, mean: Tensor, variance:
 
     Leading dimensions broadcast, so one ``x`` can be shared by a stack of models.
     This uses no factor 1/2 on the mean term (eqs. 17 and 21, not Table 1's caption).
+    Differentiable, with a hand-written backward (training is memory-bound).
     """
-    x_hat = mean @ dictionary.transpose(-1, -2)  # (..., B, D)
-    mean_term = ((x - x_hat) ** 2).sum(-1)
-    column_norms = (dictionary**2).sum(-2)  # diag(Phi^T Phi), (..., K)
-    var_term = (variance * column_norms.unsqueeze(-2)).sum(-1)
-    return mean_term + var_term
+    lead = torch.broadcast_shapes(x.shape[:-2], dictionary.shape[:-2], mean.shape[:-2], variance.shape[:-2])
+    B = mean.shape[-2]
+    mean = mean.expand(*lead, B, mean.shape[-1])
+    variance = variance.expand(*lead, B, variance.shape[-1])
+    return _LinearReconstruction.apply(x, dictionary, mean, variance)
 
 
 def poisson_n_exp(max_rate: float, tol: float = 1e-5) -> int:

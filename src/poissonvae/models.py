@@ -37,7 +37,7 @@ class Output:
 
     recon: Tensor
     kl: Tensor
-    post: Posterior
+    post: Posterior | None  # None for the fused exact path
 
     def free_energy(self, beta: Tensor) -> Tensor:
         """``F = L_recon + beta * D_KL`` with per-model ``beta`` ``(M,)``; ``(M, B)``."""
@@ -88,11 +88,14 @@ class LinearVAE(nn.Module):
     def prior(self) -> dict[str, Tensor]:
         return {name: getattr(self, f"prior_{name}") for name in self.prior_names}
 
+    def encoder_output(self, x: Tensor) -> Tensor:
+        """``W x`` of every model, ``(M, B, n * K)``, as one product on the shared input."""
+        M, nK, D = self.encoder.shape
+        return (x @ self.encoder.reshape(M * nK, D).T).reshape(x.shape[0], M, nK).transpose(0, 1)
+
     def encode(self, x: Tensor) -> Posterior:
         """Posterior of every model for a shared batch ``x`` ``(B, D)``."""
-        M, nK, D = self.encoder.shape
-        enc = (x @ self.encoder.reshape(M * nK, D).T).reshape(x.shape[0], M, nK).transpose(0, 1)
-        return self.family.posterior(enc, self.prior())
+        return self.family.posterior(self.encoder_output(x), self.prior())
 
     def decode(self, h: Tensor) -> Tensor:
         """``x_hat = Phi h``: ``(M, B, K)`` -> ``(M, B, D)``."""
@@ -111,17 +114,15 @@ class LinearVAE(nn.Module):
         ``h``; ``mc``: one relaxed sample per input; ``st``: integer samples
         forward, relaxed gradient backward.
         """
-        post = self.encode(x)
-        kl = self.family.kl(post).sum(-1)
         if estimator == "exact":
-            mean, var = self.family.moments(post)
-            recon = linear_reconstruction(x, self.dictionary, mean, var)
-        elif estimator in ("mc", "st"):
-            h = self.family.rsample(post, temperature, hard=estimator == "st", generator=generator)
-            recon = ((x - self.decode(h)) ** 2).sum(-1)
-        else:
+            mean, var, kl = self.family.exact_terms(self.encoder_output(x), self.prior())
+            return Output(recon=linear_reconstruction(x, self.dictionary, mean, var), kl=kl, post=None)
+        if estimator not in ("mc", "st"):
             raise ValueError(f"unknown estimator {estimator!r}; expected 'exact', 'mc' or 'st'")
-        return Output(recon=recon, kl=kl, post=post)
+        post = self.encode(x)
+        h = self.family.rsample(post, temperature, hard=estimator == "st", generator=generator)
+        recon = ((x - self.decode(h)) ** 2).sum(-1)
+        return Output(recon=recon, kl=self.family.kl(post).sum(-1), post=post)
 
     def select(self, index: int) -> dict[str, Tensor]:
         """The state of model ``index`` alone, with a model axis of size 1."""

@@ -62,6 +62,14 @@ class LatentFamily(ABC):
     def sample(self, post: Posterior, generator: torch.Generator | None = None) -> Tensor:
         """Exact sample of ``h`` (temperature 0), no gradient."""
 
+    def exact_terms(self, enc: Tensor, prior: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean and variance of ``h`` and the KL summed over units, ``(M, B)``: what
+        the closed-form objective (eq. 21) needs. Families may override this with
+        a fused computation; the result must equal this composition."""
+        post = self.posterior(enc, prior)
+        mean, var = self.moments(post)
+        return mean, var, self.kl(post).sum(-1)
+
     def max_rate(self, post: Posterior) -> Tensor | None:
         """Largest rate in the batch for families whose sampler needs it."""
         return None
