@@ -35,7 +35,7 @@ else
     "$PY" -m pip install --quiet ${TORCH_SPEC:-torch==2.13.0}
 fi
 
-echo "setup: installing poissonvae (editable) with test dependencies"
-"$PY" -m pip install --quiet -e "$ROOT[test]"
+echo "setup: installing poissonvae (editable) with test dependencies and the Ray extra"
+"$PY" -m pip install --quiet -e "$ROOT[test,ray]"
 
 echo "setup: done; try: $VENV/bin/poissonvae --help"

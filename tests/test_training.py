@@ -157,3 +157,21 @@ def test_corrupt_foreign_and_mismatched_checkpoints_are_rejected(tmp_path):
         load_weights(LinearVAE(ModelConfig(family="gaussian_relu", K=8, input_dim=D)), good)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_weights(other, tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("family", ["poisson", "gaussian_relu"])
+def test_chunked_group_step_equals_the_full_batch_step(monkeypatch, family):
+    import poissonvae.training as training
+
+    results = []
+    for limit in (1 << 30, 64):  # no chunking; then pieces of 64 elements
+        monkeypatch.setattr(training, "CHUNK_ELEMENTS", limit)
+        model = LinearVAE(ModelConfig(family=family, K=8, input_dim=D), seeds=[1, 2, 3])
+        tr = Trainer(model, _cfg(), _patches(), betas=[0.1, 1.0, 3.0])
+        assert tr.chunks(100) == (1 if limit > 1000 else 3)
+        stats = tr.train_step(_patches()[:100])
+        results.append((stats, {k: v.clone() for k, v in model.state_dict().items()}))
+    for a, b in zip(results[0][0], results[1][0]):
+        assert torch.allclose(a, b, rtol=1e-5)
+    for k in results[0][1]:
+        assert torch.allclose(results[0][1][k], results[1][1][k], rtol=1e-5, atol=1e-7), k

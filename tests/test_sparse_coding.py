@@ -1,0 +1,284 @@
+"""Sparse-coding solvers, dictionary learning and experiments (issue #5).
+
+Objective throughout: E(z) = 1/2 ||x - Phi z||^2 + penalty ||z||_1 (P-VAE eq. (1)
+with a 1/2), which is scikit-learn's Lasso with alpha = penalty / D.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import Lasso
+
+from poissonvae.sparse_coding import (
+    COLUMNS,
+    amortization_gap,
+    best_models,
+    code_metrics,
+    dictionary_from_weights,
+    fig5b,
+    infer,
+    infer_batched,
+    ista,
+    learn_dictionary,
+    objective,
+    penalty_sweep,
+    random_dictionary,
+)
+
+SOLVERS = ("ista", "fista", "lca")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These problems are tiny; torch's thread pool only adds overhead (badly so
+    when other processes share the two cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def sparse_problem(nonnegative: bool, D: int = 64, K: int = 32, B: int = 16, nnz: int = 4,
+                   noise: float = 1e-3, seed: int = 0):
+    """x = Phi z_true + noise, unit-norm Phi (D, K), nnz non-zeros per row of
+    z_true with magnitudes in [1, 2] (random signs unless non-negative)."""
+    g = torch.Generator().manual_seed(seed)
+    phi = random_dictionary(D, K, seed=seed + 100, dtype=torch.float64)
+    z = torch.zeros(B, K, dtype=torch.float64)
+    for b in range(B):
+        support = torch.randperm(K, generator=g)[:nnz]
+        mags = 1.0 + torch.rand(nnz, generator=g, dtype=torch.float64)
+        signs = torch.ones(nnz, dtype=torch.float64) if nonnegative else torch.randint(0, 2, (nnz,), generator=g) * 2.0 - 1
+        z[b, support] = mags * signs
+    x = z @ phi.T + noise * torch.randn(B, D, generator=g, dtype=torch.float64)
+    return x, phi, z
+
+
+def lasso_problem(seed: int = 1, D: int = 64, K: int = 96, B: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    phi = random_dictionary(D, K, seed=seed, dtype=torch.float64)
+    x = torch.randn(B, D, generator=g, dtype=torch.float64)
+    return x, phi
+
+
+def sklearn_codes(x: torch.Tensor, phi: torch.Tensor, penalty: float, positive: bool) -> torch.Tensor:
+    """Per-sample sklearn Lasso at alpha = penalty / D (its 1/(2D) scaling times D is E)."""
+    D = phi.shape[0]
+    rows = []
+    for xb in x.numpy():
+        model = Lasso(alpha=penalty / D, fit_intercept=False, tol=1e-10, max_iter=100000, positive=positive)
+        rows.append(model.fit(phi.numpy(), xb).coef_)
+    return torch.from_numpy(np.stack(rows))
+
+
+# --- recovery of known sparse codes -------------------------------------------------
+
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+@pytest.mark.parametrize("method", SOLVERS)
+def test_recovers_known_sparse_codes(method, nonnegative):
+    penalty = 0.02
+    x, phi, z_true = sparse_problem(nonnegative)
+    z = infer(x, phi, penalty, method=method, nonnegative=nonnegative, max_iter=20000, tol=1e-10)
+    # Support exactly right.
+    assert torch.equal(z != 0, z_true != 0)
+    # L1 shrinkage biases the values by about penalty * ||(Phi_S^T Phi_S)^-1|| (<~ 2 penalty here).
+    assert (z - z_true).abs().max() < 3 * penalty
+    # Least squares on the found support removes the bias: then only the 1e-3 noise remains.
+    debiased = torch.zeros_like(z)
+    for b in range(x.shape[0]):
+        s = z[b] != 0
+        debiased[b, s] = torch.linalg.lstsq(phi[:, s], x[b].unsqueeze(-1)).solution.squeeze(-1)
+    assert (debiased - z_true).abs().max() < 5e-3
+
+
+# --- same minimiser as scikit-learn's Lasso ----------------------------------------------
+
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_same_minimiser_as_sklearn_lasso(nonnegative):
+    penalty = 1.0
+    x, phi = lasso_problem()
+    ref = sklearn_codes(x, phi, penalty, positive=nonnegative)
+    e_ref = objective(x, phi, ref, penalty)
+    assert (ref != 0).float().mean() < 0.5  # a genuinely sparse problem
+    for method in SOLVERS:
+        z = infer(x, phi, penalty, method=method, nonnegative=nonnegative, max_iter=50000, tol=1e-12)
+        assert z.dtype == torch.float64
+        e = objective(x, phi, z, penalty)
+        assert ((e - e_ref).abs() / e_ref).max() < 1e-5, method
+        assert (z - ref).abs().max() < 1e-6, method
+        if nonnegative:
+            assert (z >= 0).all()
+
+
+def test_sklearn_fits_multi_output_columns_independently():
+    """The benchmark fits y = x.T (D, B) in one Lasso call; check that equals per-column fits."""
+    x, phi = lasso_problem(B=3)
+    multi = Lasso(alpha=1.0 / 64, fit_intercept=False, tol=1e-10, max_iter=100000).fit(phi.numpy(), x.numpy().T)
+    single = sklearn_codes(x, phi, 1.0, positive=False).numpy()
+    np.testing.assert_allclose(multi.coef_, single, atol=1e-8)
+
+
+# --- convergence behaviour ------------------------------------------------------------------
+
+
+def test_ista_objective_decreases_monotonically():
+    x, phi = lasso_problem()
+    z = torch.zeros(x.shape[0], phi.shape[1], dtype=torch.float64)
+    previous = objective(x, phi, z, 1.0)
+    for _ in range(60):  # ISTA is memoryless, so one iteration at a time is its trajectory
+        z = ista(x, phi, 1.0, max_iter=1, tol=0.0, z0=z)
+        current = objective(x, phi, z, 1.0)
+        assert (current <= previous + 1e-12).all()
+        previous = current
+
+
+def test_fista_beats_ista_at_equal_iterations():
+    x, phi = lasso_problem()
+    e_ista = objective(x, phi, infer(x, phi, 0.5, method="ista", max_iter=30, tol=0.0), 0.5).mean()
+    e_fista = objective(x, phi, infer(x, phi, 0.5, method="fista", max_iter=30, tol=0.0), 0.5).mean()
+    assert e_fista < e_ista
+
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_lca_fixed_point_satisfies_kkt(nonnegative):
+    penalty = 0.7
+    x, phi = lasso_problem(seed=3)
+    a, info = infer(x, phi, penalty, method="lca", nonnegative=nonnegative, max_iter=50000, tol=1e-12,
+                    return_info=True)
+    assert info.converged
+    corr = (x - a @ phi.T) @ phi  # Phi^T (x - Phi a): minus the gradient of the quadratic term
+    active = a != 0
+    # Active: the gradient balances the L1 subgradient exactly.
+    assert (corr[active] - penalty * torch.sign(a[active])).abs().max() < 1e-8
+    # Inactive: |corr| <= penalty (only corr <= penalty for the non-negative lasso).
+    slack = corr[~active] if nonnegative else corr[~active].abs()
+    assert slack.max() <= penalty + 1e-8
+
+
+@pytest.mark.parametrize("method", SOLVERS)
+def test_float32_and_stopping_rule(method):
+    x64, phi64, _ = sparse_problem(nonnegative=True)
+    z64 = infer(x64, phi64, 0.05, method=method, nonnegative=True, max_iter=20000, tol=1e-12)
+    z, info = infer(x64.float(), phi64.float(), 0.05, method=method, nonnegative=True, max_iter=5000,
+                    tol=1e-5, return_info=True)
+    assert z.dtype == torch.float32
+    assert info.converged and info.n_iter < 5000 and info.rel_change < 1e-5
+    assert (z.double() - z64).abs().max() < 1e-3
+    e32, e64 = objective(x64, phi64, z.double(), 0.05), objective(x64, phi64, z64, 0.05)
+    assert ((e32 - e64) / e64).abs().max() < 1e-4
+    # A dictionary in another dtype follows x.
+    assert infer(x64.float(), phi64, 0.05, method=method, max_iter=5).dtype == torch.float32
+
+
+def test_max_iter_caps_iterations():
+    x, phi = lasso_problem()
+    _, info = infer(x, phi, 0.5, method="ista", max_iter=7, tol=1e-14, return_info=True)
+    assert info.n_iter == 7 and not info.converged
+
+
+def test_bad_inputs_raise_clear_errors():
+    x, phi = lasso_problem()
+    cases = [
+        (dict(x=x[:, :10]), "shape mismatch"),
+        (dict(x=x[0]), r"x must have shape \(B, D\)"),
+        (dict(dictionary=phi[None]), r"dictionary must have shape \(D, K\)"),
+        (dict(penalty=-0.1), "penalty must be a non-negative"),
+        (dict(penalty=float("nan")), "penalty must be a non-negative"),
+        (dict(x=torch.where(x > 2, float("nan"), x)), "x contains NaN"),
+        (dict(method="omp"), "unknown method 'omp'"),
+        (dict(z0=torch.zeros(3, 3)), "z0 must have shape"),
+        (dict(max_iter=0), "max_iter must be a positive integer"),
+        (dict(step=10.0), r"must be in \(0, 2/L\)"),
+        (dict(tau=5.0), "tau is the LCA time constant"),
+        (dict(method="lca", tau=0.01), r"LCA step/tau=.* must be in \(0, 2/L\)"),
+        (dict(x=x.long()), "floating point"),
+    ]
+    for override, message in cases:
+        kwargs = dict(x=x, dictionary=phi, penalty=0.5, method="fista") | override
+        with pytest.raises(ValueError, match=message):
+            infer(**kwargs)
+
+
+# --- dictionary learning --------------------------------------------------------------------
+
+
+def test_learn_dictionary_recovers_generating_dictionary():
+    g = torch.Generator().manual_seed(5)
+    D, K, N = 16, 8, 3000
+    true = random_dictionary(D, K, seed=123, dtype=torch.float64)
+    z = (torch.rand(N, K, generator=g) < 0.25) * (1.0 + torch.rand(N, K, generator=g, dtype=torch.float64))
+    x = (z @ true.T + 0.01 * torch.randn(N, D, generator=g, dtype=torch.float64)).float()
+    phi, history = learn_dictionary(x, K, 0.1, method="fista", nonnegative=True, epochs=10, batch_size=100,
+                                    lr=1.0, max_iter=100, tol=1e-4, seed=0)
+    assert phi.shape == (D, K) and phi.dtype == torch.float32
+    torch.testing.assert_close(phi.norm(dim=0), torch.ones(K))
+    best_cos = (true.T.float() @ phi).abs().max(dim=1).values  # up to permutation (and sign)
+    assert (best_cos > 0.9).sum() >= K - 1
+    assert len(history) == 10 and history[-1]["mse"] < history[0]["mse"]
+
+
+# --- experiments --------------------------------------------------------------------------
+
+
+def lifetime_sparsity_by_hand(z: np.ndarray) -> float:
+    """P-VAE eq. (5) per unit, averaged over the units that ever fire."""
+    n = z.shape[0]
+    fired = (z**2).sum(0) > 0
+    s1, s2 = z[:, fired].sum(0), (z[:, fired] ** 2).sum(0)
+    return float(np.mean((1 - s1**2 / (n * s2)) / (1 - 1 / n)))
+
+
+def test_penalty_sweep_metrics_match_direct_computation():
+    x, phi_true, _ = sparse_problem(nonnegative=True, D=16, K=8, B=600, nnz=2, noise=0.01, seed=7)
+    x = x.float()
+    df, dictionaries = penalty_sweep(x[:500], x[500:], K=8, penalties=[0.05, 0.2], methods=("lca", "ista"),
+                                     epochs=2, batch_size=100, lr=0.5, max_iter=100, return_dictionaries=True)
+    assert list(df.columns) == COLUMNS and len(df) == 4
+    row = df[(df.method == "lca") & (df.penalty == 0.2)].iloc[0]
+    phi = dictionaries[("lca", 0.2)]
+    codes = infer_batched(x[500:], phi, 0.2, method="lca", nonnegative=True, max_iter=100, tol=1e-4)
+    xv, zc = x[500:].double().numpy(), codes.double().numpy()
+    mse = ((xv - zc @ phi.double().numpy().T) ** 2).sum(1).mean()
+    assert row.mse == pytest.approx(mse, rel=1e-4)
+    assert row.lifetime_sparsity == pytest.approx(lifetime_sparsity_by_hand(zc), rel=1e-4)
+    assert row.proportion_zeros == pytest.approx((zc == 0).mean(), rel=1e-6)
+    # A larger penalty gives sparser codes.
+    lca_rows = df[df.method == "lca"].set_index("penalty")
+    assert lca_rows.loc[0.2, "proportion_zeros"] > lca_rows.loc[0.05, "proportion_zeros"]
+
+
+def test_amortization_gap_and_figure(tmp_path):
+    x, phi, _ = sparse_problem(nonnegative=True, D=16, K=8, B=200, nnz=2, seed=9)
+    scaled = phi * torch.linspace(0.5, 3.0, 8, dtype=torch.float64)  # a decoder with uneven column norms
+    df = amortization_gap(scaled, x, penalties=[0.01, 0.1, 0.5], max_iter=2000, label="lca on pvae")
+    assert list(df.columns) == COLUMNS and (df.method == "lca on pvae").all()
+    assert df.mse.is_monotonic_increasing and df.proportion_zeros.is_monotonic_increasing
+    direct = code_metrics(x, phi, infer(x, phi, 0.1, method="lca", nonnegative=True, max_iter=2000, tol=1e-5), 0.1)
+    assert df.iloc[1].mse == pytest.approx(direct["mse"], rel=1e-6)
+    both = pd.concat([df, df.assign(method="lca", mse=df.mse * 2)])
+    paths = fig5b(both, tmp_path / "fig5b.png")
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths) and paths[1].suffix == ".pdf"
+    best = best_models(both)
+    assert set(best.method) == {"lca", "lca on pvae"}
+    assert best.set_index("method").loc["lca", "paper_mse"] == 50.17
+    assert math.isnan(best.set_index("method").loc["lca on pvae", "paper_mse"])
+
+
+def test_dictionary_from_weights(tmp_path):
+    from poissonvae.checkpoint import save_weights
+    from poissonvae.config import ModelConfig
+    from poissonvae.models import LinearVAE
+
+    model = LinearVAE(ModelConfig(family="poisson", K=8, input_dim=16), seeds=(0, 1))
+    save_weights(model, tmp_path / "w.safetensors")
+    phi = dictionary_from_weights(tmp_path / "w.safetensors", index=1)
+    torch.testing.assert_close(phi, model.dictionary.detach()[1])
+    with pytest.raises(ValueError, match="out of range"):
+        dictionary_from_weights(tmp_path / "w.safetensors", index=2)
