@@ -5,17 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import _Formatter, _add_options, _given, _wrap, add_data_args, data_config, _check_device
+from .cli import TRAIN_OPTIONS, _Formatter, _add_options, _check_device, _given, _wrap, add_data_args, data_config
 
-SWEEP_TRAIN_OPTIONS = [
-    ("--epochs", "train", "epochs", "N", "training epochs after the warm-up"),
-    ("--warmup-epochs", "train", "warmup_epochs", "N", "learning-rate warm-up epochs"),
-    ("--lr", "train", "lr", "LR", "peak learning rate (Adamax, cosine decay)"),
-    ("--batch-size", "train", "batch_size", "B", "patches per step"),
-    ("--estimator", "train", "estimator", "{exact,mc,st}", "loss/gradient estimator"),
-    ("--device", "train", "device", "{cpu,cuda,auto}", "where to train (also cuda:N)"),
-    ("--checkpoint-every", "train", "checkpoint_every", "N", "epochs between group checkpoints"),
-]
+# The training flags that make sense for a whole grid (family, K, beta and seed are grid axes).
+_SHARED = {"--epochs", "--warmup-epochs", "--lr", "--batch-size", "--estimator", "--device", "--checkpoint-every"}
+SWEEP_TRAIN_OPTIONS = [opt for opt in TRAIN_OPTIONS if opt[0] in _SHARED]
 
 
 def sweep_config(args: argparse.Namespace):

@@ -151,12 +151,21 @@ class RunConfig:
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        save_json(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        try:
-            d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read run config {path}: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(load_json(path, "run config"))
+
+
+def save_json(d: dict[str, Any], path: str | Path) -> None:
+    """Write a config mapping as sorted, indented JSON."""
+    Path(path).write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
+def load_json(path: str | Path, what: str) -> Any:
+    """Read a JSON config file; unreadable or malformed files raise ConfigError."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read {what} {path}: {e}") from None

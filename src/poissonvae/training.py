@@ -30,7 +30,7 @@ from .schedules import beta_at, lr_factor, temperature_at
 
 
 # Largest (M x b x K) block a stacked step works on at once (see Trainer.chunks).
-CHUNK_ELEMENTS = 1 << 19
+CHUNK_ELEMENTS = 1 << 20
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,13 +7,12 @@ so they train together as one stacked model (see :mod:`poissonvae.runs`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, ModelConfig, RunConfig, TrainConfig
+from ..config import ConfigError, ModelConfig, RunConfig, TrainConfig, load_json, save_json
 from ..data.config import DataConfig
 from ..families import FAMILIES
 
@@ -91,15 +90,11 @@ class SweepConfig:
         return cls(data=shared.data, model=shared.model, train=shared.train, **axes)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        save_json(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepConfig":
-        try:
-            d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read sweep config {path}: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(load_json(path, "sweep config"))
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -109,15 +104,22 @@ def run_name(cfg: RunConfig) -> str:
 
 def preset(name: str) -> SweepConfig:
     """``paper``: the full 128-model grid with the paper's training settings.
-    ``quick``: both families at K in {128, 512} over the paper's betas, shortened
-    to finish in minutes on 2 CPU cores."""
+
+    ``quick``: both families at K in {64, 512} over the paper's eight betas,
+    shortened to finish in minutes on 2 CPU cores: 40,000 training patches,
+    20 + 1 epochs, and batches of 250 instead of 1000. At a fixed budget the
+    smaller batch gives four times the updates, which the P-VAE needs: its
+    low-beta models raise their rates (and shrink their dictionary norms)
+    slowly; with batches of 1000 the metabolic-cost effect is weaker at this
+    budget (measured 8.6x vs 14.5x from beta 0.01 to 8 at K = 512).
+    """
     if name == "paper":
         return SweepConfig()
     if name == "quick":
         return SweepConfig(
-            Ks=[128, 512],
-            data=DataConfig(n_train=50_000, n_val=10_000),
-            train=TrainConfig(epochs=20, warmup_epochs=1, checkpoint_every=2),
+            Ks=[64, 512],
+            data=DataConfig(n_train=40_000, n_val=10_000),
+            train=TrainConfig(epochs=20, warmup_epochs=1, batch_size=250, checkpoint_every=2),
         )
     raise ConfigError(f"unknown sweep preset {name!r}; known presets: ['paper', 'quick']")
 
