@@ -32,10 +32,11 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def epoch_time(family: str, K: int, betas: list[float], x: torch.Tensor, device, epochs: int = 2) -> float:
+def epoch_time(family: str, K: int, betas: list[float], x: torch.Tensor, device, batch: int, epochs: int = 2) -> float:
     """Median wall time of one epoch of a stacked group (one model when ``len(betas) == 1``)."""
     model = LinearVAE(ModelConfig(family=family, K=K), seeds=list(range(len(betas))))
-    trainer = Trainer(model, TrainConfig(epochs=epochs + 1, warmup_epochs=0, device=str(device)), x, betas=betas)
+    trainer = Trainer(model, TrainConfig(epochs=epochs + 1, warmup_epochs=0, batch_size=batch, device=str(device)),
+                      x, betas=betas)
     trainer.train_epoch()  # warm-up (allocations, kernels)
     _sync(device)
     times = []
@@ -68,6 +69,7 @@ def main() -> None:
     p.add_argument("--Ks", nargs="+", type=int, default=[64, 512])
     p.add_argument("--models", type=int, default=8)
     p.add_argument("--patches", type=int, default=20_000, help="training patches per epoch (synthetic)")
+    p.add_argument("--batch", type=int, default=PAPER_BATCH, help="batch size (paper: 1000; quick preset: 250)")
     p.add_argument("--families", nargs="+", default=["poisson", "gaussian_relu"])
     p.add_argument("--no-projection", action="store_true")
     args = p.parse_args()
@@ -76,12 +78,12 @@ def main() -> None:
     print(f"device: {device} ({name}), torch {torch.__version__}, CPU threads {torch.get_num_threads()}")
     x = torch.randn(args.patches, 256, generator=torch.Generator().manual_seed(0))
     betas = PAPER_BETAS[: args.models]
-    print(f"\n{args.models} models x one epoch of {args.patches} patches (batch {PAPER_BATCH})")
+    print(f"\n{args.models} models x one epoch of {args.patches} patches (batch {args.batch})")
     print(f"{'family':14s} {'K':>5s} {'group s':>9s} {'one-by-one s':>13s} {'speed-up':>9s}")
     for family in args.families:
         for K in args.Ks:
-            group = epoch_time(family, K, betas, x, device)
-            alone = sum(epoch_time(family, K, [b], x, device) for b in betas)
+            group = epoch_time(family, K, betas, x, device, args.batch)
+            alone = sum(epoch_time(family, K, [b], x, device, args.batch) for b in betas)
             print(f"{family:14s} {K:5d} {group:9.2f} {alone:13.2f} {alone / group:8.2f}x")
     if args.no_projection:
         return
