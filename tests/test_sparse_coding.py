@@ -43,8 +43,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def sparse_problem(nonnegative: bool, D: int = 64, K: int = 32, B: int = 16, nnz: int = 4,
-                   noise: float = 1e-3, seed: int = 0):
+def sparse_problem(nonnegative: bool, D: int = 64, K: int = 32, B: int = 16, nnz: int = 4, noise: float = 1e-3,
+                   seed: int = 0):
     """x = Phi z_true + noise, unit-norm Phi (D, K), nnz non-zeros per row of
     z_true with magnitudes in [1, 2] (random signs unless non-negative)."""
     g = torch.Generator().manual_seed(seed)
@@ -101,9 +101,12 @@ def test_recovers_known_sparse_codes(method, nonnegative):
 
 
 @pytest.mark.parametrize("nonnegative", [False, True])
-def test_same_minimiser_as_sklearn_lasso(nonnegative):
-    penalty = 1.0
-    x, phi = lasso_problem()
+@pytest.mark.parametrize("shape", [(64, 96), (16, 48)], ids=["gram-form", "factored-form"])
+def test_same_minimiser_as_sklearn_lasso(nonnegative, shape):
+    """D=64, K=96 runs the gradient through Phi^T Phi; K > 2D through Phi twice."""
+    D, K = shape
+    penalty = 1.0 if D == 64 else 0.3
+    x, phi = lasso_problem(D=D, K=K)
     ref = sklearn_codes(x, phi, penalty, positive=nonnegative)
     e_ref = objective(x, phi, ref, penalty)
     assert (ref != 0).float().mean() < 0.5  # a genuinely sparse problem

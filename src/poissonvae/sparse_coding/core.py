@@ -48,8 +48,7 @@ def soft_threshold(v: Tensor, threshold: float, nonnegative: bool = False) -> Te
     ``max(v - t, 0)``. Elementwise, any shape; returns a new tensor."""
     if nonnegative:
         return (v - threshold).clamp_(min=0.0)
-    # v - clamp(v, -t, t) equals sign(v) max(|v| - t, 0) in two cheap passes.
-    return v - v.clamp(-threshold, threshold)
+    return torch.nn.functional.softshrink(v, threshold)  # one fused pass
 
 
 def lipschitz(dictionary: Tensor) -> float:

@@ -100,7 +100,7 @@ def amortization_gap(dictionary: Tensor, x_val: Tensor | np.ndarray, penalties: 
     span, hence the attainable reconstructions, is unchanged, and lifetime
     sparsity is invariant to a unit's scale."""
     x_val = torch.as_tensor(x_val)
-    phi = dictionary.to(dtype=x_val.dtype, device=x_val.device)
+    phi = dictionary.detach().to(dtype=x_val.dtype, device=x_val.device)
     if normalize:
         phi = normalize_columns(phi)
     name = label or f"{method} on dictionary"

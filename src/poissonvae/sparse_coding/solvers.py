@@ -28,20 +28,27 @@ from .core import METHODS, InferInfo, check_step, lipschitz, relative_change, so
 CHECK_EVERY = 10
 
 
-def _gradient_map(x: Tensor, dictionary: Tensor, s: float) -> Callable[[Tensor], Tensor]:
+def _gradient_map(x: Tensor, dictionary: Tensor, s: float) -> Callable[[Tensor | None], Tensor]:
     """``z -> z - s grad(z) = z + s (x - z Phi^T) Phi`` for rows ``z`` ``(B, K)``:
-    one step of gradient descent on ``1/2 ||x - Phi z||^2``.
+    one step of gradient descent on ``1/2 ||x - Phi z||^2``. ``None`` stands for
+    ``z = 0`` and costs no product (the usual cold start).
 
     With ``K <= 2D`` it is one fused product ``z (I - s Phi^T Phi) + s x Phi``
     (``B K^2`` multiply-adds); for larger K the two thin products through Phi
     (``2 B D K``) are cheaper."""
     d, k = dictionary.shape
+    c = s * (x @ dictionary)
     if k <= 2 * d:
         m = torch.eye(k, dtype=x.dtype, device=x.device) - s * (dictionary.T @ dictionary)
-        c = s * (x @ dictionary)
-        return lambda z: torch.addmm(c, z, m)
+        return lambda z: c.clone() if z is None else torch.addmm(c, z, m)
     phi_t = dictionary.T
-    return lambda z: torch.addmm(z, torch.addmm(x, z, phi_t, alpha=-1.0), dictionary, alpha=s)
+
+    def step(z: Tensor | None) -> Tensor:
+        if z is None:
+            return c.clone()
+        return torch.addmm(z, torch.addmm(x, z, phi_t, alpha=-1.0), dictionary, alpha=s)
+
+    return step
 
 
 def _iterate(advance: Callable[[], None], watched: Callable[[], Tensor], max_iter: int, tol: float) -> InferInfo:
@@ -49,7 +56,7 @@ def _iterate(advance: Callable[[], None], watched: Callable[[], Tensor], max_ite
     ``watched()`` every ``CHECK_EVERY`` iterations (and at the last one)."""
     rel = math.nan
     for it in range(1, max_iter + 1):
-        check = it % CHECK_EVERY == 0 or it == max_iter
+        check = (tol > 0 and it % CHECK_EVERY == 0) or it == max_iter  # tol = 0: fixed iteration count
         prev = watched().clone() if check else None
         advance()
         if prev is not None:
@@ -88,10 +95,12 @@ def ista(x: Tensor, dictionary: Tensor, penalty: float, nonnegative: bool = Fals
     forward = _gradient_map(x, dictionary, s)
     thr = s * float(penalty)
     z = _start(x, dictionary.shape[1], z0, nonnegative)
+    cold = z0 is None  # z = 0: the first step needs no product
 
     def advance() -> None:
-        nonlocal z
-        z = soft_threshold(forward(z), thr, nonnegative)
+        nonlocal z, cold
+        z = soft_threshold(forward(None if cold else z), thr, nonnegative)
+        cold = False
 
     info = _iterate(advance, lambda: z, max_iter, tol)
     return _finish(z, info, return_info)
@@ -118,12 +127,14 @@ def fista(x: Tensor, dictionary: Tensor, penalty: float, nonnegative: bool = Fal
     z = _start(x, dictionary.shape[1], z0, nonnegative)
     y = z.clone()
     t = x.new_ones(x.shape[0], 1)
+    cold = z0 is None  # y = 0: the first step needs no product
 
     def advance() -> None:
-        nonlocal z, y, t
-        z_new = soft_threshold(forward(y), thr, nonnegative)
+        nonlocal z, y, t, cold
+        z_new = soft_threshold(forward(None if cold else y), thr, nonnegative)
+        cold = False
         delta = z_new - z
-        restart = ((y - z_new) * delta).sum(-1, keepdim=True) > 0
+        restart = torch.linalg.vecdot(y - z_new, delta).unsqueeze(-1) > 0
         t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
         momentum = torch.where(restart, 0.0, (t - 1.0) / t_new)
         t = torch.where(restart, 1.0, t_new)
@@ -168,10 +179,14 @@ def lca(x: Tensor, dictionary: Tensor, penalty: float, nonnegative: bool = False
     lam = float(penalty)
     a = _start(x, dictionary.shape[1], z0, nonnegative)
     u = a + lam * torch.sign(a)  # the potential whose threshold is z0 (u = 0 without z0)
+    cold = z0 is None  # a = 0: the first step needs no product
 
     def advance() -> None:
-        nonlocal u, a
-        u = torch.add(forward(a), u - a, alpha=1.0 - eta)
+        nonlocal u, a, cold
+        # u - a = u - T(u): the part of u below threshold, clamp(u, -lam, lam) (min(u, lam) if nonnegative)
+        leak = u.clamp(max=lam) if nonnegative else u.clamp(-lam, lam)
+        u = forward(None if cold else a).add_(leak, alpha=1.0 - eta)
+        cold = False
         a = soft_threshold(u, lam, nonnegative)
 
     info = _iterate(advance, lambda: u, max_iter, tol)
