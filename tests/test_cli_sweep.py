@@ -31,3 +31,19 @@ def test_sweep_command_rejects_bad_grids_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "s").exists() and not (tmp_path / "cache").exists()
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "results.parquet" in capsys.readouterr().err
+
+
+def test_gap_command_runs_lca_on_a_trained_dictionary(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--K", "8", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "250", "--n-train",
+                 "1000", "--n-val", "300", "--patch-size", "4", "--cache-dir", str(tmp_path / "c"), "--out", str(run),
+                 "--no-progress"]) == 0
+    assert main(["gap", str(run), "--penalties", "0.05", "0.5", "--n-val", "100"]) == 0
+    table = pd.read_csv(run / "gap_lca.csv")
+    assert list(table.penalty) == [0.05, 0.5] and (table.mse > 0).all()
+    # a larger penalty gives sparser codes
+    assert table.proportion_zeros.iloc[1] >= table.proportion_zeros.iloc[0]
+    capsys.readouterr()
+    assert main(["gap", str(tmp_path), "--penalties", "1"]) == 2
+    assert "not a finished run directory" in capsys.readouterr().err
+    assert main(["gap", str(run), "--penalties", "-1"]) == 2

@@ -128,3 +128,16 @@ def test_ray_engine_runs_a_tiny_grid(tmp_path):
     remote = run_sweep(sweep, tmp_path / "ray", engine="ray", progress=False)
     cols = ["family", "K", "beta", "mse", "metabolic_cost", "proportion_zeros"]
     pd.testing.assert_frame_equal(remote[cols], local[cols])
+
+
+def test_a_sweep_directory_can_grow_its_grid_but_not_change_its_settings(tmp_path):
+    sweep = tiny_sweep(tmp_path / "cache", Ks=[4], betas=[0.5])
+    run_sweep(sweep, tmp_path / "out", progress=False)
+    first = (tmp_path / "out" / "runs" / "poisson_K4_beta0.5_seed0" / "metrics.json").stat().st_mtime_ns
+    grown = tiny_sweep(tmp_path / "cache", Ks=[4], betas=[0.5, 2.0])
+    df = run_sweep(grown, tmp_path / "out", progress=False)
+    assert len(df) == 4 and not (tmp_path / "out" / "groups").exists()
+    assert (tmp_path / "out" / "runs" / "poisson_K4_beta0.5_seed0" / "metrics.json").stat().st_mtime_ns == first
+    changed = tiny_sweep(tmp_path / "cache", Ks=[4], betas=[0.5], epochs=5)
+    with pytest.raises(ConfigError, match="other data/model/training settings"):
+        run_sweep(changed, tmp_path / "out", progress=False)

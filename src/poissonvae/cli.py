@@ -212,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     p.set_defaults(func=cmd_train)
 
+    from .cli_sparse import add_sparse_commands
     from .cli_sweep import add_sweep_commands
 
     add_sweep_commands(sub)
+    add_sparse_commands(sub)
     return parser
 
 

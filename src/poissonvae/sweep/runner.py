@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import ConfigError, RunConfig
 from ..data import prepare_patches
-from ..runs import train_group
+from ..runs import run_identity, train_group
 from .grid import SweepConfig, run_name
 from .results import collect, write_results
 
@@ -33,20 +33,16 @@ def run_one_group(cfg_dicts: list[dict], sweep_dir: str, progress: bool = False)
     run_dirs, state_dir = group_dirs(Path(sweep_dir), cfgs)
     t0 = time.perf_counter()
     train_group(cfgs, run_dirs, state_dir, progress=progress)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0  # (train_seconds in each run's metrics is the trainer's own count)
 
 
 def prepare_sweep_dir(sweep: SweepConfig, sweep_dir: Path) -> None:
-    """Write ``sweep.json``; a directory of another sweep may only be extended, not changed."""
+    """Write ``sweep.json``. A directory may be reused with another grid (runs
+    already there are kept), but not with other data, model or training settings."""
     path = sweep_dir / SWEEP_FILE
     if path.exists():
         old = SweepConfig.load(path)
-        shared_old = {k: v for k, v in old.to_dict().items() if k not in ("families", "Ks", "betas", "seeds")}
-        shared_new = {k: v for k, v in sweep.to_dict().items() if k not in ("families", "Ks", "betas", "seeds")}
-        for sec in ("data", "train"):
-            shared_old[sec].pop("cache_dir" if sec == "data" else "device", None)
-            shared_new[sec].pop("cache_dir" if sec == "data" else "device", None)
-        if shared_old != shared_new:
+        if run_identity(RunConfig(old.data, old.model, old.train)) != run_identity(RunConfig(sweep.data, sweep.model, sweep.train)):
             raise ConfigError(f"{sweep_dir} holds a sweep with other data/model/training settings; use another --out")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     sweep.save(path)
@@ -77,6 +73,9 @@ def run_sweep(
         from .ray_engine import run_groups_on_ray
 
         run_groups_on_ray(groups, sweep_dir, address, progress)
+    groups_dir = sweep_dir / "groups"  # holds checkpoints only while groups are in progress
+    if groups_dir.is_dir() and not any(groups_dir.iterdir()):
+        groups_dir.rmdir()
     df = collect(sweep, sweep_dir)
     write_results(df, sweep_dir)
     return df
