@@ -44,7 +44,7 @@ def test_unknown_family_and_bad_sizes_are_rejected():
         LinearVAE(ModelConfig(family="nope", input_dim=16))
 
 
-@pytest.mark.parametrize("family", ["poisson", "gaussian", "gaussian_relu"])
+@pytest.mark.parametrize("family", ["poisson", "gaussian", "gaussian_relu", "laplace"])
 def test_exact_reconstruction_matches_sampled_average(family):
     """The closed-form L_recon (eq. 21) equals the average of ||x - Phi h||^2 over exact samples."""
     model = LinearVAE(ModelConfig(family=family, K=8, input_dim=16, init_std=0.3), seeds=[3])
@@ -98,7 +98,7 @@ def test_fixed_prior_of_plain_gaussian_is_a_buffer():
     assert math.isclose(float(model.prior_log_sigma.abs().max()), 0.0)
 
 
-@pytest.mark.parametrize("family", ["poisson", "gaussian", "gaussian_relu"])
+@pytest.mark.parametrize("family", ["poisson", "gaussian", "gaussian_relu", "laplace"])
 def test_fused_exact_terms_equal_the_composition_values_and_gradients(family):
     """exact_terms (fused for Poisson) == posterior -> moments, kl; checked with gradcheck."""
     fam = get_family(family)
@@ -139,3 +139,26 @@ def test_fused_poisson_terms_are_accurate_in_float32():
     kl64 = fam.kl(post).sum(-1)
     assert torch.allclose(rate32.double(), rate64, rtol=1e-5, atol=0)
     assert torch.allclose(kl32.double(), kl64, rtol=1e-4, atol=1e-6)
+
+
+def test_laplace_kl_matches_monte_carlo():
+    from poissonvae.families.laplace import laplace_kl
+
+    g = torch.Generator().manual_seed(3)
+    for mu, b, mu0, b0 in [(0.3, 0.5, 0.0, 1.0), (-2.0, 2.0, 1.0, 0.7), (1.5, 0.1, 1.2, 0.3), (0.0, 1.0, 0.0, 1.0)]:
+        q = torch.distributions.Laplace(torch.tensor(mu, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+        p = torch.distributions.Laplace(torch.tensor(mu0, dtype=torch.float64), torch.tensor(b0, dtype=torch.float64))
+        z = q.sample((2_000_000,))
+        diff = q.log_prob(z) - p.log_prob(z)
+        se = diff.std().item() / math.sqrt(z.numel())
+        closed = laplace_kl(*(torch.tensor(v, dtype=torch.float64) for v in (mu, b, mu0, b0))).item()
+        assert abs(closed - diff.mean().item()) < 5 * se + 1e-9
+
+
+def test_laplace_samples_have_the_stated_moments():
+    fam = get_family("laplace")
+    post = fam.posterior(torch.tensor([[[0.5, 0.3]]]).expand(1, 200_000, 2), {"mu": torch.zeros(1, 1), "log_scale": torch.zeros(1, 1)})
+    z = fam.sample(post, torch.Generator().manual_seed(0))
+    mean, var = fam.moments(post)
+    assert z.mean().item() == pytest.approx(mean[0, 0, 0].item(), abs=0.02)
+    assert z.var().item() == pytest.approx(var[0, 0, 0].item(), rel=0.03)

@@ -141,3 +141,12 @@ def test_a_sweep_directory_can_grow_its_grid_but_not_change_its_settings(tmp_pat
     changed = tiny_sweep(tmp_path / "cache", Ks=[4], betas=[0.5], epochs=5)
     with pytest.raises(ConfigError, match="other data/model/training settings"):
         run_sweep(changed, tmp_path / "out", progress=False)
+
+
+def test_every_family_trains_through_the_vectorised_sweep(tmp_path):
+    from poissonvae.families import FAMILIES
+
+    sweep = tiny_sweep(tmp_path / "cache", Ks=[4], betas=[0.5, 2.0], families=sorted(FAMILIES), epochs=2)
+    df = run_sweep(sweep, tmp_path / "out", progress=False)
+    assert sorted(df.family.unique()) == sorted(FAMILIES) and len(df) == 2 * len(FAMILIES)
+    assert df[["mse", "kl", "neg_elbo"]].notna().all().all()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from .base import LatentFamily, Posterior
 from .gaussian import GaussianFamily, GaussianReluFamily
+from .laplace import LaplaceFamily
 from .poisson import PoissonFamily
 
 FAMILIES: dict[str, type[LatentFamily]] = {
     PoissonFamily.name: PoissonFamily,
     GaussianFamily.name: GaussianFamily,
     GaussianReluFamily.name: GaussianReluFamily,
+    LaplaceFamily.name: LaplaceFamily,
 }
 
 
@@ -22,4 +24,5 @@ def get_family(name: str, **options) -> LatentFamily:
     return cls(**options)
 
 
-__all__ = ["FAMILIES", "LatentFamily", "Posterior", "get_family", "PoissonFamily", "GaussianFamily", "GaussianReluFamily"]
+__all__ = ["FAMILIES", "LatentFamily", "Posterior", "get_family", "PoissonFamily", "GaussianFamily", "GaussianReluFamily",
+           "LaplaceFamily"]
