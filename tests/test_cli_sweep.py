@@ -24,7 +24,7 @@ def test_sweep_command_writes_table_figures_and_report(tmp_path, capsys):
 
 def test_sweep_command_rejects_bad_grids_before_any_work(tmp_path, capsys):
     for bad, message in ((["--K", "0"], "Ks must be integers >= 1"), (["--beta", "1", "1"], "duplicate"),
-                         (["--families", "poisson", "laplace"], "unknown latent families"),
+                         (["--families", "poisson", "cauchy"], "unknown latent families"),
                          (["--beta", "-0.5"], "betas must be"), (["--epochs", "0"], "train.epochs")):
         code = main(["sweep", *bad, "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "s"), "--no-progress"])
         assert code == 2 and message in capsys.readouterr().err
