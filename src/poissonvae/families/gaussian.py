@@ -13,6 +13,18 @@ from .base import LatentFamily, Posterior
 LOG_SCALE_BOUND = 5.3
 
 
+def residual_location_scale(enc: Tensor, prior_loc: Tensor, prior_log_scale: Tensor) -> tuple[Tensor, ...]:
+    """Eq. (5) for any location-scale family: encoder output ``(delta_mu, delta_v)``
+    (``K`` each) on the prior ``(loc0, log scale0)`` ``(M, K)``; the log-scales
+    pass the ref-code guard. Returns ``loc, scale, loc0, scale0`` (``(M, B, K)``
+    and ``(M, 1, K)``)."""
+    delta_mu, delta_v = enc.chunk(2, dim=-1)
+    loc0 = prior_loc.unsqueeze(-2)
+    log_s0 = LOG_SCALE_BOUND * torch.tanh(prior_log_scale / LOG_SCALE_BOUND).unsqueeze(-2)
+    log_s = LOG_SCALE_BOUND * torch.tanh((log_s0 + delta_v) / LOG_SCALE_BOUND)
+    return loc0 + delta_mu, torch.exp(log_s), loc0, torch.exp(log_s0)
+
+
 class GaussianFamily(LatentFamily):
     """``q = N(mu0 + delta_mu, (sigma0 exp(delta_v))^2)``, ``p = N(mu0, sigma0^2)``; ``h = z``.
 
@@ -29,12 +41,8 @@ class GaussianFamily(LatentFamily):
         return {"mu": torch.zeros(n_models, K), "log_sigma": torch.zeros(n_models, K)}
 
     def posterior(self, enc: Tensor, prior: dict[str, Tensor]) -> Posterior:
-        delta_mu, delta_v = enc.chunk(2, dim=-1)
-        mu0 = prior["mu"].unsqueeze(-2)
-        log_sigma0 = LOG_SCALE_BOUND * torch.tanh(prior["log_sigma"] / LOG_SCALE_BOUND).unsqueeze(-2)
-        mu = mu0 + delta_mu  # eq. (5)
-        log_sigma = LOG_SCALE_BOUND * torch.tanh((log_sigma0 + delta_v) / LOG_SCALE_BOUND)
-        return {"mu": mu, "sigma": torch.exp(log_sigma), "prior_mu": mu0, "prior_sigma": torch.exp(log_sigma0)}
+        mu, sigma, mu0, sigma0 = residual_location_scale(enc, prior["mu"], prior["log_sigma"])  # eq. (5)
+        return {"mu": mu, "sigma": sigma, "prior_mu": mu0, "prior_sigma": sigma0}
 
     def kl(self, post: Posterior) -> Tensor:
         return gaussian_kl(post["mu"], post["sigma"], post["prior_mu"], post["prior_sigma"])  # eq. (9)

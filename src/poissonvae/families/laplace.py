@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import LatentFamily, Posterior
-from .gaussian import LOG_SCALE_BOUND
+from .gaussian import residual_location_scale
 
 
 def laplace_kl(mu: Tensor, scale: Tensor, prior_mu: Tensor, prior_scale: Tensor) -> Tensor:
@@ -37,11 +37,8 @@ class LaplaceFamily(LatentFamily):
         return {"mu": torch.zeros(n_models, K), "log_scale": torch.zeros(n_models, K)}
 
     def posterior(self, enc: Tensor, prior: dict[str, Tensor]) -> Posterior:
-        delta_mu, delta_v = enc.chunk(2, dim=-1)
-        mu0 = prior["mu"].unsqueeze(-2)
-        log_b0 = LOG_SCALE_BOUND * torch.tanh(prior["log_scale"] / LOG_SCALE_BOUND).unsqueeze(-2)
-        log_b = LOG_SCALE_BOUND * torch.tanh((log_b0 + delta_v) / LOG_SCALE_BOUND)
-        return {"mu": mu0 + delta_mu, "scale": torch.exp(log_b), "prior_mu": mu0, "prior_scale": torch.exp(log_b0)}
+        mu, b, mu0, b0 = residual_location_scale(enc, prior["mu"], prior["log_scale"])
+        return {"mu": mu, "scale": b, "prior_mu": mu0, "prior_scale": b0}
 
     def kl(self, post: Posterior) -> Tensor:
         return laplace_kl(post["mu"], post["scale"], post["prior_mu"], post["prior_scale"])

@@ -81,6 +81,16 @@ def _no_tau(tau: float | None, method: str) -> None:
         raise ValueError(f"tau is the LCA time constant; {method} takes a step size (step) only")
 
 
+def _proximal_setup(method, x, dictionary, penalty, nonnegative, max_iter, tol, step, tau, z0):
+    """What ISTA and FISTA share: checked inputs, the gradient map at step
+    ``s`` (default ``1/L``), the threshold ``s * penalty`` and the start codes."""
+    _no_tau(tau, method)
+    x, dictionary, z0 = validate(x, dictionary, penalty, max_iter, tol, z0)
+    lip = lipschitz(dictionary)
+    s = 1.0 / lip if step is None else check_step(step, lip, "step")
+    return _gradient_map(x, dictionary, s), s * float(penalty), _start(x, dictionary.shape[1], z0, nonnegative), x, z0
+
+
 @torch.no_grad()
 def ista(x: Tensor, dictionary: Tensor, penalty: float, nonnegative: bool = False, max_iter: int = 1000,
          tol: float = 1e-6, step: float | None = None, tau: float | None = None, z0: Tensor | None = None,
@@ -88,13 +98,7 @@ def ista(x: Tensor, dictionary: Tensor, penalty: float, nonnegative: bool = Fals
     """ISTA (Daubechies et al. 2004): ``z <- T_{step*penalty}(z - step grad)``,
     proximal gradient descent on E. ``step`` defaults to ``1/L`` (L the largest
     eigenvalue of ``Phi^T Phi``), for which E decreases monotonically."""
-    _no_tau(tau, "ista")
-    x, dictionary, z0 = validate(x, dictionary, penalty, max_iter, tol, z0)
-    lip = lipschitz(dictionary)
-    s = 1.0 / lip if step is None else check_step(step, lip, "step")
-    forward = _gradient_map(x, dictionary, s)
-    thr = s * float(penalty)
-    z = _start(x, dictionary.shape[1], z0, nonnegative)
+    forward, thr, z, x, z0 = _proximal_setup("ista", x, dictionary, penalty, nonnegative, max_iter, tol, step, tau, z0)
     cold = z0 is None  # z = 0: the first step needs no product
 
     def advance() -> None:
@@ -118,13 +122,7 @@ def fista(x: Tensor, dictionary: Tensor, penalty: float, nonnegative: bool = Fal
     sample's momentum is reset. This removes FISTA's ripples once the support
     settles (the lasso is then locally strongly convex) and gives a linear rate.
     ``step`` defaults to ``1/L`` (FISTA's guarantee needs ``step <= 1/L``)."""
-    _no_tau(tau, "fista")
-    x, dictionary, z0 = validate(x, dictionary, penalty, max_iter, tol, z0)
-    lip = lipschitz(dictionary)
-    s = 1.0 / lip if step is None else check_step(step, lip, "step")
-    forward = _gradient_map(x, dictionary, s)
-    thr = s * float(penalty)
-    z = _start(x, dictionary.shape[1], z0, nonnegative)
+    forward, thr, z, x, z0 = _proximal_setup("fista", x, dictionary, penalty, nonnegative, max_iter, tol, step, tau, z0)
     y = z.clone()
     t = x.new_ones(x.shape[0], 1)
     cold = z0 is None  # y = 0: the first step needs no product
