@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from . import metrics as M
-from .functional import linear_reconstruction
 from .models import LinearVAE
 
 
@@ -47,7 +46,7 @@ def evaluate(model: LinearVAE, x: Tensor, batch_size: int = 5000, seed: int = 0)
         sums["sq_err"] += M.mse(xb, x_hat).double() * b
         sums["z"] += M.metabolic_cost(z).double() * b
         sums["zeros"] += M.proportion_zeros(z).double() * b
-        sums["recon"] += linear_reconstruction(xb, model.dictionary, mean, var).double().sum(-1)
+        sums["recon"] += model.family.linear_reconstruction(xb, model.dictionary, mean, var).double().sum(-1)
         sums["kl"] += kl.double().sum((-2, -1))
         unit_kl += kl.double().sum(-2)
         s1 += z.double().sum(-2)

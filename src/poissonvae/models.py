@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .families import LatentFamily, Posterior, get_family
-from .functional import linear_reconstruction
 
 
 def make_family(cfg: ModelConfig) -> LatentFamily:
@@ -116,7 +115,7 @@ class LinearVAE(nn.Module):
         """
         if estimator == "exact":
             mean, var, kl = self.family.exact_terms(self.encoder_output(x), self.prior())
-            return Output(recon=linear_reconstruction(x, self.dictionary, mean, var), kl=kl, post=None)
+            return Output(recon=self.family.linear_reconstruction(x, self.dictionary, mean, var), kl=kl, post=None)
         if estimator not in ("mc", "st"):
             raise ValueError(f"unknown estimator {estimator!r}; expected 'exact', 'mc' or 'st'")
         post = self.encode(x)

@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from ..functional import linear_reconstruction as _linear_reconstruction
+
 Posterior = dict[str, Tensor]
 
 
@@ -69,6 +71,12 @@ class LatentFamily(ABC):
         post = self.posterior(enc, prior)
         mean, var = self.moments(post)
         return mean, var, self.kl(post).sum(-1)
+
+    def linear_reconstruction(self, x: Tensor, dictionary: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+        """E_q ||x - Phi h||^2 for a linear decoder, ``(M, B)`` (eq. 17). The default
+        assumes independent units (a diagonal covariance of ``h``); families whose
+        units are coupled (one categorical variable) override it."""
+        return _linear_reconstruction(x, dictionary, mean, var)
 
     def max_rate(self, post: Posterior) -> Tensor | None:
         """Largest rate in the batch for families whose sampler needs it."""
