@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from .base import LatentFamily, Posterior
+from .categorical import CategoricalFamily
 from .gaussian import GaussianFamily, GaussianReluFamily
+from .gaussian_exp import GaussianExpFamily
 from .laplace import LaplaceFamily
 from .poisson import PoissonFamily
 
@@ -12,6 +14,8 @@ FAMILIES: dict[str, type[LatentFamily]] = {
     GaussianFamily.name: GaussianFamily,
     GaussianReluFamily.name: GaussianReluFamily,
     LaplaceFamily.name: LaplaceFamily,
+    GaussianExpFamily.name: GaussianExpFamily,
+    CategoricalFamily.name: CategoricalFamily,
 }
 
 
@@ -25,4 +29,4 @@ def get_family(name: str, **options) -> LatentFamily:
 
 
 __all__ = ["FAMILIES", "LatentFamily", "Posterior", "get_family", "PoissonFamily", "GaussianFamily", "GaussianReluFamily",
-           "LaplaceFamily"]
+           "LaplaceFamily", "GaussianExpFamily", "CategoricalFamily"]

@@ -33,6 +33,10 @@ class LatentFamily(ABC):
     learn_prior_default: bool = True
     #: whether ``rsample`` depends on a temperature (relaxed discrete families)
     uses_temperature: bool = False
+    #: whether the K units are one coupled variable (categorical), so that a unit's
+    #: own KL term says nothing about whether it is used (dead-neuron analysis
+    #: then looks at decoder norms, as P-VAE Fig. 10 does for the C-VAE)
+    coupled_units: bool = False
 
     @abstractmethod
     def init_prior(self, n_models: int, K: int, generator: torch.Generator) -> dict[str, Tensor]:
@@ -78,6 +82,15 @@ class LatentFamily(ABC):
         units are coupled (one categorical variable) override it."""
         return _linear_reconstruction(x, dictionary, mean, var)
 
+    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor) -> tuple[Tensor, Tensor]:
+        """Closed-form free-energy terms of a linear decoder (eqs. 17, 20-21): the
+        reconstruction ``E_q ||x - Phi h||^2`` and the KL, each ``(M, B)``, from the
+        shared input ``x`` ``(B, D)``, encoder output, prior and ``Phi`` ``(M, D, K)``.
+        Families may fuse the whole computation; the result must equal this one."""
+        mean, var, kl = self.exact_terms(enc, prior)
+        return self.linear_reconstruction(x, dictionary, mean, var), kl
+
     def max_rate(self, post: Posterior) -> Tensor | None:
-        """Largest rate in the batch for families whose sampler needs it."""
+        """Largest rate in the batch for families whose sampler is sized by it
+        (the Poisson sampler's ``n_exp``); ``None`` for the others."""
         return None

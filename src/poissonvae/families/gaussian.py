@@ -13,15 +13,36 @@ from .base import LatentFamily, Posterior
 LOG_SCALE_BOUND = 5.3
 
 
-def residual_location_scale(enc: Tensor, prior_loc: Tensor, prior_log_scale: Tensor) -> tuple[Tensor, ...]:
+def guard_log_scale(log_scale: Tensor, upper: float = LOG_SCALE_BOUND) -> Tensor:
+    """The ref-code guard ``c tanh(x / c)`` with ``c = 5.3``, elementwise; with
+    ``upper < 5.3`` the positive side saturates at ``upper`` instead
+    (``upper tanh(x / upper)`` for ``x > 0``). Both branches have slope 1 at 0,
+    so near the prior (``x = 0``) the guard is the identity to third order."""
+    lower_branch = LOG_SCALE_BOUND * torch.tanh(log_scale / LOG_SCALE_BOUND)
+    if upper == LOG_SCALE_BOUND:
+        return lower_branch
+    if not 0 < upper < LOG_SCALE_BOUND:
+        raise ValueError(f"upper log-scale bound must be in (0, {LOG_SCALE_BOUND}], got {upper}")
+    return torch.where(log_scale > 0, upper * torch.tanh(log_scale / upper), lower_branch)
+
+
+def residual_location_scale(
+    enc: Tensor, prior_loc: Tensor, prior_log_scale: Tensor, log_scale_max: float = LOG_SCALE_BOUND
+) -> tuple[Tensor, ...]:
     """Eq. (5) for any location-scale family: encoder output ``(delta_mu, delta_v)``
     (``K`` each) on the prior ``(loc0, log scale0)`` ``(M, K)``; the log-scales
-    pass the ref-code guard. Returns ``loc, scale, loc0, scale0`` (``(M, B, K)``
-    and ``(M, 1, K)``)."""
+    pass the ref-code guard (:func:`guard_log_scale`, whose upper bound
+    ``log_scale_max`` a family may tighten). Returns ``loc, scale, loc0, scale0``
+    (``(M, B, K)`` and ``(M, 1, K)``)."""
+    if enc.shape[-1] != 2 * prior_loc.shape[-1]:
+        raise ValueError(
+            f"encoder output has {enc.shape[-1]} values per sample; a location-scale family with "
+            f"K = {prior_loc.shape[-1]} needs 2 * K (delta_mu, delta_v)"
+        )
     delta_mu, delta_v = enc.chunk(2, dim=-1)
     loc0 = prior_loc.unsqueeze(-2)
-    log_s0 = LOG_SCALE_BOUND * torch.tanh(prior_log_scale / LOG_SCALE_BOUND).unsqueeze(-2)
-    log_s = LOG_SCALE_BOUND * torch.tanh((log_s0 + delta_v) / LOG_SCALE_BOUND)
+    log_s0 = guard_log_scale(prior_log_scale, log_scale_max).unsqueeze(-2)
+    log_s = guard_log_scale(log_s0 + delta_v, log_scale_max)
     return loc0 + delta_mu, torch.exp(log_s), loc0, torch.exp(log_s0)
 
 
