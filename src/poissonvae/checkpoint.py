@@ -3,7 +3,8 @@
 ``weights.safetensors`` holds the model's parameters and buffers;
 ``state.safetensors`` the optimiser moments and RNG state needed to resume.
 Both carry metadata that identifies them as this library's, with the model's
-family and shape, and loading checks every key and shape before touching the
+family, architecture (files written before ``arch`` existed are lin|lin) and
+shape, and loading checks every key and shape before touching the
 model, so a corrupt, truncated or foreign file gives a clear error.
 """
 
@@ -53,6 +54,7 @@ def _model_meta(model) -> dict[str, str]:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "family": cfg.family,
+        "arch": getattr(cfg, "arch", "lin|lin"),
         "K": str(cfg.K),
         "input_dim": str(cfg.input_dim),
         "n_models": str(model.n_models),
@@ -60,14 +62,16 @@ def _model_meta(model) -> dict[str, str]:
 
 
 def save_weights(model, path: str | Path, extra: dict[str, str] | None = None) -> None:
-    """Save a :class:`~poissonvae.models.LinearVAE`'s parameters and buffers."""
+    """Save a stacked model's (:class:`~poissonvae.models.LinearVAE`, :class:`~poissonvae.conv.ConvVAE`)
+    parameters and buffers."""
     meta = {**_model_meta(model), "kind": "weights", **(extra or {})}
     _atomic_save(dict(model.state_dict()), Path(path), meta)
 
 
 def _check_fits(model, tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> None:
     want = _model_meta(model)
-    for key in ("family", "K", "input_dim", "n_models"):
+    meta = {"arch": "lin|lin", **meta}  # written before arch existed: lin|lin was the only one
+    for key in ("arch", "family", "K", "input_dim", "n_models"):
         if meta.get(key) != want[key]:
             raise CheckpointError(f"{path} was saved for {key}={meta.get(key)!r}, the model has {key}={want[key]!r}")
     expected = model.state_dict()

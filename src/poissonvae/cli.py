@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 from .config import ConfigError, RunConfig
-from .data.config import DataConfig
+from .data.config import DataConfig, is_digit_source
 from .families import FAMILIES
 
 _DATA, _RUN = DataConfig(), RunConfig()
@@ -21,8 +21,10 @@ _DATA, _RUN = DataConfig(), RunConfig()
 # (flag, section, field, metavar, help): one flag per config field; the type and
 # the default shown in --help are the dataclass field's.
 DATA_OPTIONS = [
-    ("--source", "data", "source", "shipped|FOLDER", 'images: "shipped" (photographs bundled with '
-     "scikit-image and scikit-learn) or a folder of PNG/JPEG/TIFF or van Hateren .iml files"),
+    ("--source", "data", "source", "shipped|FOLDER|digits|mnist:FOLDER", 'images: "shipped" (photographs '
+     "bundled with scikit-image and scikit-learn) or a folder of PNG/JPEG/TIFF or van Hateren .iml files "
+     '(whitened patches); or 28x28 digits in [0, 1] (--patch-size 28): "digits" (scikit-learn\'s 8x8 '
+     'digits upsampled) or "mnist:FOLDER" (MNIST IDX files)'),
     ("--n-train", "data", "n_train", "N", "number of training patches"),
     ("--n-val", "data", "n_val", "N", "number of validation patches"),
     ("--patch-size", "data", "patch_size", "P", "patch side in pixels (the model input is P*P)"),
@@ -33,6 +35,9 @@ DATA_OPTIONS = [
 TRAIN_OPTIONS = [
     ("--family", "model", "family", "{%s}" % ",".join(FAMILIES), "latent family"),
     ("--K", "model", "K", "K", "number of latent units"),
+    ("--arch", "model", "arch", "{lin|lin,conv|lin,conv|conv}", "encoder|decoder architecture; "
+     "conv|conv has no closed-form objective (use --estimator mc or st)"),
+    ("--conv-channels", "model", "conv_channels", "C", "width of the conv networks (C and 2C channels)"),
     ("--indicator", "model", "indicator", "{cubic,sigmoid}", "soft step of the relaxed Poisson sampler"),
     ("--beta", "train", "beta", "BETA", "KL weight (beta-VAE)"),
     ("--epochs", "train", "epochs", "N", "training epochs after the warm-up"),
@@ -110,7 +115,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     ps = prepare_patches(cfg, progress=True)
     print(f"train patches:  {ps.train.shape} from {len(ps.train_images)} images: {', '.join(ps.train_images)}")
     print(f"val patches:    {ps.val.shape} from {len(ps.val_images)} images: {', '.join(ps.val_images)}")
-    print(f"z-score:        mean {ps.mean:.6g}, std {ps.std:.6g} (raw training patches)")
+    if is_digit_source(cfg.source):
+        print("pixels:         in [0, 1], not whitened or z-scored (digits)")
+    else:
+        print(f"z-score:        mean {ps.mean:.6g}, std {ps.std:.6g} (raw training patches)")
     print(f"cache:          {cache_path(cfg)}")
     if export is not None:
         import numpy as np
@@ -194,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser(
-        "train", formatter_class=_Formatter, help="train one linear VAE into a run directory",
-        description=_wrap("Train one lin|lin VAE and write a run directory (config.json, log.jsonl, "
+        "train", formatter_class=_Formatter, help="train one VAE into a run directory",
+        description=_wrap("Train one VAE (lin|lin, conv|lin or conv|conv) and write a run directory (config.json, log.jsonl, "
                           "weights.safetensors, metrics.json, dictionary.png). Defaults are the paper's "
                           "settings. A finished run is not retrained; an interrupted one continues from "
                           "its checkpoint."),
@@ -214,9 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_sparse import add_sparse_commands
     from .cli_sweep import add_sweep_commands
+    from .cli_zoo import add_zoo_commands
 
     add_sweep_commands(sub)
     add_sparse_commands(sub)
+    add_zoo_commands(sub)
     return parser
 
 

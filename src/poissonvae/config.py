@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,10 @@ from .data.config import DataConfig
 from .families import FAMILIES
 
 ESTIMATORS = ("exact", "mc", "st")
+# <encoder|decoder> architectures in the P-VAE paper's notation (P-VAE sec. 4, "Architecture
+# notation"): lin|lin is the metabolic-cost paper's model; conv|lin keeps the linear decoder (and so
+# the closed-form objective, eqs. 17, 21); conv|conv has a nonlinear decoder (Monte Carlo only).
+ARCHS = ("lin|lin", "conv|lin", "conv|conv")
 TEMPERATURE_SCHEDULES = ("linear", "exponential")
 
 
@@ -35,7 +40,14 @@ def _from_dict(cls, d: dict[str, Any], where: str):
 
 @dataclass
 class ModelConfig:
-    """Latent family and size of a linear (lin|lin) VAE."""
+    """Latent family, size and architecture of a VAE.
+
+    ``arch`` is ``"lin|lin"`` (linear encoder and decoder, the default and the
+    metabolic-cost paper's model), ``"conv|lin"`` (residual conv encoder, linear
+    decoder) or ``"conv|conv"`` (conv encoder and decoder); see
+    :mod:`poissonvae.conv`. ``conv_channels`` is the width ``C`` of the conv
+    networks (stages of ``C`` and ``2C`` channels); lin|lin ignores it.
+    """
 
     family: str = "poisson"
     K: int = 512
@@ -44,10 +56,16 @@ class ModelConfig:
     indicator: str = "cubic"  # relaxed Poisson indicator (metabolic-cost sweep: cubic)
     n_exp: int | None = None  # None: derived once per epoch from the largest rate
     learn_prior: bool | None = None  # None: the family's default
+    arch: str = "lin|lin"  # one of ARCHS; configs saved before it existed load as lin|lin
+    conv_channels: int = 16  # C of the conv encoder/decoder (small enough for a CPU)
 
     def validate(self) -> None:
         if self.family not in FAMILIES:
             raise ConfigError(f"model.family: unknown latent family {self.family!r}; known: {sorted(FAMILIES)}")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"model.arch must be one of {list(ARCHS)} (encoder|decoder), got {self.arch!r}")
+        if isinstance(self.conv_channels, bool) or not isinstance(self.conv_channels, int) or self.conv_channels < 1:
+            raise ConfigError(f"model.conv_channels must be an integer >= 1, got {self.conv_channels!r}")
         if not isinstance(self.K, int) or self.K < 1:
             raise ConfigError(f"model.K must be an integer >= 1, got {self.K!r}")
         if not isinstance(self.input_dim, int) or self.input_dim < 1:
@@ -58,6 +76,12 @@ class ModelConfig:
             raise ConfigError(f"model.indicator must be 'cubic' or 'sigmoid', got {self.indicator!r}")
         if self.n_exp is not None and (not isinstance(self.n_exp, int) or self.n_exp < 1):
             raise ConfigError(f"model.n_exp must be None or an integer >= 1, got {self.n_exp!r}")
+        if self.arch != "lin|lin":
+            side = math.isqrt(self.input_dim)
+            if side * side != self.input_dim or side < 4:
+                raise ConfigError(
+                    f"model.arch {self.arch!r} needs square one-channel images of side >= 4: model.input_dim "
+                    f"must be a square >= 16 (256 for 16x16 patches, 784 for 28x28 digits), got {self.input_dim}")
 
 
 @dataclass
@@ -128,6 +152,11 @@ class RunConfig:
             raise ConfigError(
                 f"model.input_dim ({self.model.input_dim}) must equal data.patch_size^2 ({self.data.patch_size**2})"
             )
+        if self.model.arch == "conv|conv" and self.train.estimator == "exact":
+            raise ConfigError(
+                "train.estimator 'exact' needs a linear decoder: the closed-form reconstruction (eqs. 17, 21) "
+                "holds only for x_hat = Phi h, and model.arch 'conv|conv' has a nonlinear decoder; "
+                "use train.estimator 'mc' or 'st'")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,21 +10,27 @@ import torch
 from torch import Tensor
 
 from . import metrics as M
-from .models import LinearVAE
+from .models import StackedVAE
 
 
 @torch.no_grad()
-def evaluate(model: LinearVAE, x: Tensor, batch_size: int = 5000, seed: int = 0) -> dict[str, list]:
+def evaluate(model: StackedVAE, x: Tensor, batch_size: int = 5000, seed: int = 0) -> dict[str, list]:
     """Metrics of every model on ``x`` ``(N, D)``; each value is a per-model list.
 
     ``z`` is sampled exactly (temperature 0) from the posterior (eqs. 22-23).
     Keys: ``mse``, ``r2``, ``metabolic_cost``, ``proportion_zeros``,
-    ``overall_performance``, ``neg_elbo`` (closed form, beta = 1), ``recon``
-    (closed-form reconstruction), ``kl``, ``lifetime_sparsity`` (mean over units
-    that fire), ``per_unit_kl`` and ``unit_lifetime_sparsity`` (lists of K).
+    ``overall_performance``, ``neg_elbo`` (``recon + kl``, beta = 1), ``recon``,
+    ``kl``, ``lifetime_sparsity`` (mean over units that fire), ``per_unit_kl``
+    and ``unit_lifetime_sparsity`` (lists of K).
+
+    ``recon`` is E_q ||x - x_hat||^2 averaged over ``x``: in closed form
+    (eqs. 17, 21) for a linear decoder (lin|lin, conv|lin); for a nonlinear
+    decoder (conv|conv), which has no closed form, the one-sample Monte Carlo
+    estimate ||x - dec(z)||^2 from the same exact (temperature-0) samples ``z``
+    as the other metrics, an unbiased estimate, so there ``recon`` equals ``mse``.
     """
     model.eval()
-    device = model.encoder.device
+    device = next(model.parameters()).device
     x = x.to(device, torch.float32)
     n = x.shape[0]
     if n < 2:
@@ -46,7 +52,10 @@ def evaluate(model: LinearVAE, x: Tensor, batch_size: int = 5000, seed: int = 0)
         sums["sq_err"] += M.mse(xb, x_hat).double() * b
         sums["z"] += M.metabolic_cost(z).double() * b
         sums["zeros"] += M.proportion_zeros(z).double() * b
-        sums["recon"] += model.family.linear_reconstruction(xb, model.dictionary, mean, var).double().sum(-1)
+        if model.linear_decoder:  # closed form, eqs. (17), (21)
+            sums["recon"] += model.family.linear_reconstruction(xb, model.dictionary, mean, var).double().sum(-1)
+        else:  # one exact sample per input: unbiased, no closed form exists
+            sums["recon"] += ((xb - x_hat) ** 2).double().sum((-2, -1))
         sums["kl"] += kl.double().sum((-2, -1))
         unit_kl += kl.double().sum(-2)
         s1 += z.double().sum(-2)

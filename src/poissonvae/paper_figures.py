@@ -29,10 +29,12 @@ RESULTS = "results.parquet"
 FIGURES = "figures"
 REQUIRED_COLUMNS = ("family", "K", "beta", "seed", "run_dir", "metabolic_cost", "proportion_zeros", "r2",
                     "overall_performance")
-FAMILY_ORDER = ("poisson", "gaussian_relu", "gaussian")
+FAMILY_ORDER = ("poisson", "gaussian_relu", "gaussian", "laplace", "categorical", "gaussian_exp")
 LABELS = {"poisson": r"$\mathcal{P}$-VAE", "gaussian_relu": r"$\mathcal{G}_\mathrm{relu}$-VAE",
-          "gaussian": r"$\mathcal{G}$-VAE"}
-COLORS = {"poisson": "tab:blue", "gaussian_relu": "tab:orange", "gaussian": "tab:green"}
+          "gaussian": r"$\mathcal{G}$-VAE", "laplace": r"$\mathcal{L}$-VAE", "categorical": r"$\mathcal{C}$-VAE",
+          "gaussian_exp": r"$\mathcal{G}_\mathrm{exp}$-VAE"}
+COLORS = {"poisson": "tab:blue", "gaussian_relu": "tab:orange", "gaussian": "tab:green", "laplace": "tab:purple",
+          "categorical": "tab:brown", "gaussian_exp": "tab:pink"}
 BETA = r"KL weight $\beta$"
 
 
@@ -292,7 +294,7 @@ def _beta_name(beta: float) -> str:
 def dictionaries(df: pd.DataFrame, sweep_dir: str | Path, out: str | Path, K: int = 512) -> list[Path]:
     """Learned dictionaries (columns ordered by per-unit KL, descending) of each family
     at K for the smallest beta, beta = 1 if present, and the largest beta (first seed).
-    Runs whose weights are missing are skipped."""
+    Runs whose weights are missing, or whose decoder is not linear (conv|conv), are skipped."""
     sweep_dir, out = Path(sweep_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
@@ -307,6 +309,8 @@ def dictionaries(df: pd.DataFrame, sweep_dir: str | Path, out: str | Path, K: in
             if not (run / "weights.safetensors").is_file():
                 continue
             tensors, _ = read_weights(run / "weights.safetensors")
+            if "dictionary" not in tensors:  # conv|conv: no linear dictionary to draw
+                continue
             phi = tensors["dictionary"][0].double().numpy()
             order = None
             try:

@@ -8,7 +8,9 @@ A run directory holds
                            beside group.json, the list of runs it holds)
     weights.safetensors    final weights
     metrics.json           validation metrics (written last: marks the run finished)
-    dictionary.png         the learned dictionary, ordered by per-unit KL
+    dictionary.png         the learned dictionary, ordered by per-unit KL: Phi for a linear
+                           decoder (lin|lin, conv|lin); for conv|conv, each unit's decoder
+                           response dec(e_k) - dec(0) (see StackedVAE.decoder_atoms)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .config import ConfigError, RunConfig
 from .data import PatchSet, prepare_patches
 from .evaluation import evaluate
 from .figures import plot_dictionary
-from .models import LinearVAE
+from .models import StackedVAE, build_model
 from .training import Trainer
 
 CONFIG, LOG, CHECKPOINT, WEIGHTS, METRICS, DICTIONARY, GROUP = (
@@ -94,15 +96,18 @@ def _truncate_log(path: Path, epoch: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def finish_run(model: LinearVAE, index: int, cfg: RunConfig, metrics: dict, run_dir: Path, epochs: int,
+def finish_run(model: StackedVAE, index: int, cfg: RunConfig, metrics: dict, run_dir: Path, epochs: int,
                seconds: float | None = None) -> dict:
     """Save model ``index`` of a stack as a finished run: weights, dictionary figure, metrics."""
-    single = LinearVAE(cfg.model, seeds=[cfg.train.seed])
+    single = build_model(cfg.model, seeds=[cfg.train.seed])
     single.load_state_dict(model.select(index))
     save_weights(single, run_dir / WEIGHTS)
-    dictionary = single.dictionary[0].detach().cpu().numpy()
+    # Phi for a linear decoder; a conv decoder's response to each unit alone otherwise
+    dictionary = single.cpu().decoder_atoms()[0].numpy()
     order = np.argsort(-np.asarray(metrics["per_unit_kl"]))
-    plot_dictionary(dictionary, run_dir / DICTIONARY, order, title=f"{cfg.model.family}, K={cfg.model.K}, beta={cfg.train.beta:g}")
+    arch = "" if cfg.model.arch == "lin|lin" else f"{cfg.model.arch}, "
+    plot_dictionary(dictionary, run_dir / DICTIONARY, order,
+                    title=f"{arch}{cfg.model.family}, K={cfg.model.K}, beta={cfg.train.beta:g}")
     metrics = dict(metrics)
     metrics["epochs"] = epochs
     metrics["train_seconds"] = seconds  # wall time of the (group) training it came from
@@ -172,7 +177,7 @@ def _train_members(cfgs, run_dirs, todo, state_dir: Path, patches: PatchSet, pro
         prepare_run_dir(cfgs[i], run_dirs[i])
     train, val = patches.tensors()
     lead = cfgs[slots[0]]
-    model = LinearVAE(lead.model, seeds=[cfgs[i].train.seed for i in slots])
+    model = build_model(lead.model, seeds=[cfgs[i].train.seed for i in slots])
     trainer = Trainer(model, lead.train, train, betas=[cfgs[i].train.beta for i in slots])
     if resume:
         trainer.load_state(ckpt)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import DataConfig
+from .config import DataConfig, is_digit_source
 
 if TYPE_CHECKING:
     from .patches import PatchSet
@@ -52,10 +52,15 @@ def load_cache(path: Path, cfg: DataConfig) -> PatchSet | None:
             )
             stored = json.loads(str(z["config"]))
         stored.pop("cache_dir", None)
+        if is_digit_source(cfg.source):  # n_train/n_val are upper limits for digits
+            sizes_ok = 1 <= len(ps.train) <= cfg.n_train and 1 <= len(ps.val) <= cfg.n_val
+        else:
+            sizes_ok = len(ps.train) == cfg.n_train and len(ps.val) == cfg.n_val
         ok = (
             stored == _core_config(cfg)
-            and ps.train.shape == (cfg.n_train, d)
-            and ps.val.shape == (cfg.n_val, d)
+            and sizes_ok
+            and ps.train.ndim == 2 and ps.train.shape[1] == d
+            and ps.val.ndim == 2 and ps.val.shape[1] == d
             and ps.train.dtype == np.float32
             and ps.val.dtype == np.float32
         )

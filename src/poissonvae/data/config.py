@@ -12,15 +12,33 @@ from typing import Any
 # output for an unchanged config, so that stale caches are not reused.
 PIPELINE_VERSION = 1
 
+# Digit sources (see :mod:`poissonvae.data.digits`): 28x28 images in [0, 1],
+# used as they are (no whitening, contrast normalisation or z-scoring).
+DIGITS_SOURCE = "digits"  # scikit-learn's shipped 8x8 digits, upsampled to 28x28
+MNIST_PREFIX = "mnist:"  # "mnist:<folder>": MNIST IDX files in <folder>
+DIGIT_SIDE = 28
+
+
+def is_digit_source(source: str) -> bool:
+    """Whether ``source`` names 28x28 digits rather than natural images."""
+    return isinstance(source, str) and (source == DIGITS_SOURCE or source.startswith(MNIST_PREFIX))
+
 
 @dataclass
 class DataConfig:
     """Everything that determines the prepared patch arrays.
 
-    ``n_train``/``n_val`` are numbers of patches drawn; ``val_fraction`` is the
-    fraction of IMAGES held out for validation (at least one image per split).
+    ``source`` is ``"shipped"`` or a folder of natural images (whitened patches),
+    or a digit source: ``"digits"`` (scikit-learn's digits upsampled to 28x28)
+    or ``"mnist:<folder>"`` (MNIST IDX files); a folder literally named
+    ``digits`` is ``"./digits"``. ``n_train``/``n_val`` are numbers of patches
+    drawn; ``val_fraction`` is the fraction of IMAGES held out for validation
+    (at least one image per split). For digits, which are whole images, not
+    patches, ``n_train``/``n_val`` are upper limits on the samples kept and the
+    split is by sample (see :func:`poissonvae.data.digits.prepare_digits`).
     ``whiten_f0``/``whiten_n`` parametrise R(f) = f exp(-(f/f0)^n);
-    ``lcn_size``/``lcn_sigma`` the local-contrast-normalisation kernel.
+    ``lcn_size``/``lcn_sigma`` the local-contrast-normalisation kernel (both
+    unused for digits).
     """
 
     source: str = "shipped"
@@ -58,7 +76,9 @@ class DataConfig:
             raise ValueError(f"DataConfig.{field}={getattr(self, field)!r} is invalid: {why}")
 
         if not isinstance(self.source, str) or not self.source:
-            bad("source", 'must be "shipped" or a folder path')
+            bad("source", 'must be "shipped", a folder path, "digits" or "mnist:<folder>"')
+        if self.source.startswith(MNIST_PREFIX) and not self.source[len(MNIST_PREFIX):]:
+            bad("source", 'must name the folder of the MNIST IDX files, e.g. "mnist:data/mnist"')
         for field in ("patch_size", "n_train", "n_val", "seed", "lcn_size"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -84,6 +104,8 @@ class DataConfig:
                 bad(field, "must be a positive finite number")
         if self.lcn_size < 1 or self.lcn_size % 2 == 0:
             bad("lcn_size", "must be a positive odd integer")
+        if is_digit_source(self.source) and self.patch_size != DIGIT_SIDE:
+            bad("patch_size", f"must be {DIGIT_SIDE} for the digit source {self.source!r} (28x28 images)")
 
     def source_identity(self) -> dict[str, Any]:
         """Identity of the input images, so that changed inputs change the key.
@@ -93,6 +115,10 @@ class DataConfig:
         """
         from .images import list_image_files, shipped_image_names
 
+        if is_digit_source(self.source):
+            from .digits import digit_source_identity
+
+            return digit_source_identity(self.source)
         if self.source == "shipped":
             import skimage
 

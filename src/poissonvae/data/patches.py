@@ -11,7 +11,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .cache import cache_path, load_cache, save_cache
-from .config import DataConfig
+from .config import DataConfig, is_digit_source
 from .images import DataError, load_images
 from .preprocess import preprocess_image
 
@@ -166,8 +166,15 @@ def prepare_patches(cfg: DataConfig, progress: bool = False) -> PatchSet:
     "z-score"), applied to both splits. A result is cached at
     :func:`cache_path`; an identical config reuses it, a corrupt cache file is
     recomputed and overwritten.
+
+    Digit sources (``"digits"``, ``"mnist:<folder>"``) take another path, with
+    the same cache: :func:`poissonvae.data.digits.prepare_digits`.
     """
     cfg.validate()
+    if is_digit_source(cfg.source):
+        from .digits import prepare_digits
+
+        return prepare_digits(cfg)
     path = cache_path(cfg)
     cached = load_cache(path, cfg)
     if cached is not None:
