@@ -62,11 +62,11 @@ def bare_matmuls(B: int, D: int, K: int, device: torch.device):
     return run
 
 
-def train_step(family: str, estimator: str, B: int, D: int, K: int, device: torch.device):
+def train_step(family: str, estimator: str, B: int, D: int, K: int, device: torch.device, compile: bool = False):
     x = torch.randn(20 * B, D, generator=torch.Generator().manual_seed(1))
     model = LinearVAE(ModelConfig(family=family, K=K, input_dim=D, n_exp=None))
     trainer = Trainer(model, TrainConfig(epochs=1, warmup_epochs=0, batch_size=B, estimator=estimator,
-                                         device=str(device)), x)
+                                         device=str(device), compile=compile), x)
     trainer._set_n_exp()
     batch = trainer.train[:B]
     return lambda: trainer.train_step(batch), model
@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="calls per case per round")
     p.add_argument("--device", default="cpu")
     p.add_argument("--mc", action="store_true", help="also time the Monte Carlo (relaxed-sample) estimator")
+    p.add_argument("--compile", action="store_true", help="also time the P-VAE step with train.compile "
+                   "(torch.compile'd elementwise kernels)")
     args = p.parse_args()
     device = torch.device(args.device)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -95,6 +97,9 @@ def main() -> None:
         step, model = train_step(family, estimator, args.batch, args.dim, args.K, device)
         extra = f" (n_exp={model.family.n_exp})" if estimator == "mc" and family == "poisson" else ""
         fns[f"train step {family} {estimator}{extra}"] = step
+    if args.compile:
+        fns["train step poisson exact, compiled kernels"] = train_step("poisson", "exact", args.batch, args.dim,
+                                                                       args.K, device, compile=True)[0]
     # Interleave: every round times every case, so a change in machine load
     # during the run hits all of them alike; report medians over rounds.
     samples: dict[str, list[float]] = {name: [] for name in fns}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -63,3 +65,29 @@ def test_fused_poisson_objective_passes_gradcheck_and_is_accurate_in_float32():
                                                  phi32.double())
     assert torch.allclose(recon32.double(), recon64, rtol=1e-5)
     assert torch.allclose(kl32.double(), kl64, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_kernels_give_the_eager_values_and_gradients():
+    """train.compile runs the same math through torch.compile'd kernels (opt-in)."""
+    from poissonvae.families.poisson import _PoissonLinearFreeEnergy
+
+    fam = get_family("poisson")
+    x, enc, prior, phi = _inputs(fam, dtype=torch.float32, seed=4)
+    lp = prior["log_rate"]
+    leaves = [enc, lp, phi]
+    eager = _PoissonLinearFreeEnergy.apply(x, enc, lp, phi, False)
+    try:
+        with warnings.catch_warnings():  # torch's compiler stack warns about its own deprecations
+            warnings.simplefilter("ignore", DeprecationWarning)
+            compiled = _PoissonLinearFreeEnergy.apply(x, enc, lp, phi, True)
+    except Exception as e:  # no C++ compiler / unsupported platform: the feature is opt-in
+        pytest.skip(f"torch.compile is not usable here: {type(e).__name__}: {str(e)[:200]}")
+    for a, b in zip(compiled, eager):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    w = torch.randn(2, *eager[0].shape, generator=torch.Generator().manual_seed(5))
+    g_e = torch.autograd.grad((w[0] * eager[0] + w[1] * eager[1]).sum(), leaves)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        g_c = torch.autograd.grad((w[0] * compiled[0] + w[1] * compiled[1]).sum(), leaves)
+    for a, b in zip(g_c, g_e):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

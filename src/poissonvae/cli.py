@@ -53,6 +53,8 @@ TRAIN_OPTIONS = [
     ("--seed", "train", "seed", "S", "seed of the initialisation and sampling noise"),
     ("--device", "train", "device", "{cpu,cuda,auto}", "where to train (also cuda:N)"),
     ("--checkpoint-every", "train", "checkpoint_every", "N", "epochs between checkpoints"),
+    ("--compile", "train", "compile", None, "torch.compile the exact objective's elementwise kernels "
+     "(P-VAE; needs a C++ compiler or a GPU; compiles once, ~10-20 s)"),
 ]
 METRIC_KEYS = ("mse", "r2", "metabolic_cost", "proportion_zeros", "lifetime_sparsity", "neg_elbo", "kl")
 
@@ -75,6 +77,10 @@ def _add_options(parser: argparse.ArgumentParser, title: str, options, aliases=N
     for flag, section, name, metavar, text in options:
         default = getattr(getattr(_RUN, section), name)
         flags = (aliases or {}).get(flag, (flag,))
+        if isinstance(default, bool):  # a switch: given means true
+            group.add_argument(*flags, dest=f"{section}.{name}", action="store_const", const=True, default=None,
+                               help=text)
+            continue
         group.add_argument(*flags, dest=f"{section}.{name}", type=type(default), default=None,
                            metavar=metavar, help=f"{text} (default: {default})")
 

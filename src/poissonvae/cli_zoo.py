@@ -18,7 +18,7 @@ def zoo_settings(args: argparse.Namespace):
     s.data = data_config(args, s.data)
     for name, value in _given(args, "train").items():
         setattr(s.train, name, value)
-    for attr in ("K", "seeds", "betas", "families", "archs", "temperatures"):
+    for attr in ("K", "seeds", "betas", "families", "archs", "temperatures", "conv_channels"):
         value = getattr(args, attr)
         if value is not None:
             setattr(s, attr, list(value) if isinstance(value, list) else value)
@@ -66,13 +66,15 @@ def add_zoo_commands(sub) -> None:
                "  poissonvae zoo sparsity --preset paper --device cuda --out zoo/paper")
     p.add_argument("experiment", choices=EXPERIMENTS, metavar="EXPERIMENT", help=" | ".join(EXPERIMENTS))
     p.add_argument("--preset", choices=("quick", "paper"), default="quick",
-                   help="quick: K = 128, 3 seeds, 11 short epochs (CPU minutes); paper: K = 512, 5 seeds, 3005 epochs")
+                   help="quick: K = 64, 2 seeds, 21 epochs of 40,000 patches (CPU); paper: K = 512, 5 seeds, 3005 epochs")
     p.add_argument("--K", type=int, help="latent size")
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="initialisation seeds")
     p.add_argument("--betas", nargs="+", type=float, metavar="BETA", help="KL weights (sparsity experiment)")
     p.add_argument("--families", nargs="+", metavar="FAMILY", help="families (default: the experiment's own)")
     p.add_argument("--archs", nargs="+", choices=ARCHS, metavar="ARCH", help="encoder|decoder: " + ", ".join(ARCHS))
     p.add_argument("--temperatures", nargs="+", type=float, metavar="T", help="final temperatures (temperature experiment)")
+    p.add_argument("--conv-channels", type=int, dest="conv_channels", metavar="C",
+                   help="width of the conv encoders (quick: 8, paper: 16)")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="run here, or one Ray task per group")
     p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: zoo/PRESET)")

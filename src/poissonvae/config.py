@@ -109,6 +109,7 @@ class TrainConfig:
     checkpoint_every: int = 25  # epochs between checkpoints
     eval_batch_size: int = 5000
     device: str = "cpu"  # cpu | cuda | auto
+    compile: bool = False  # torch.compile the families' elementwise kernels (needs a compiler; same math)
 
     def validate(self) -> None:
         ints = {"epochs": 1, "warmup_epochs": 0, "batch_size": 1, "eval_every": 0, "checkpoint_every": 1, "eval_batch_size": 1}
@@ -132,6 +133,8 @@ class TrainConfig:
             raise ConfigError(f"train.temperature_schedule must be one of {TEMPERATURE_SCHEDULES}, got {self.temperature_schedule!r}")
         if self.temperature_schedule == "exponential" and self.temperature_end <= 0:
             raise ConfigError("train.temperature_end must be > 0 for an exponential schedule")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"train.compile must be true or false, got {self.compile!r}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
 

@@ -20,7 +20,8 @@ import pandas as pd
 from .paper_figures import FIGURES, families, load_results, make_all, summarize
 
 TOL = 0.005  # slack for "monotonic" checks: seed noise and ties
-PLAIN = {"poisson": "P-VAE", "gaussian_relu": "G_relu-VAE", "gaussian": "G-VAE"}
+PLAIN = {"poisson": "P-VAE", "gaussian_relu": "G_relu-VAE", "gaussian": "G-VAE", "laplace": "L-VAE",
+         "categorical": "C-VAE", "gaussian_exp": "G_exp-VAE"}
 P, G = "poisson", "gaussian_relu"
 
 

@@ -91,8 +91,11 @@ class Trainer:
         self.steps_per_epoch = self.train.shape[0] // self.batch_size
         self.total_epochs = cfg.warmup_epochs + cfg.epochs
         self.total_steps = self.total_epochs * self.steps_per_epoch
+        if cfg.compile:
+            model.family.compile_kernels(True)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adamax(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # foreach: one call per update for all parameters (fewer passes and dispatches than a loop)
+        self.optimizer = torch.optim.Adamax(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.epoch = 0
         self.step = 0

@@ -90,6 +90,11 @@ class LatentFamily(ABC):
         mean, var, kl = self.exact_terms(enc, prior)
         return self.linear_reconstruction(x, dictionary, mean, var), kl
 
+    def compile_kernels(self, enabled: bool = True) -> bool:
+        """Use ``torch.compile``d kernels where the family has them; returns whether
+        it now does (the default family has none)."""
+        return False
+
     def max_rate(self, post: Posterior) -> Tensor | None:
         """Largest rate in the batch for families whose sampler is sized by it
         (the Poisson sampler's ``n_exp``); ``None`` for the others."""

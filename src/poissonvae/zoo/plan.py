@@ -79,6 +79,7 @@ class ZooSettings:
     families: list[str] | None = None  # None: the experiment's own list
     archs: list[str] = field(default_factory=lambda: ["lin|lin", "conv|lin"])
     temperatures: list[float] = field(default_factory=lambda: [0.5, 0.1, 0.05, 0.01])  # Fig. 9 only
+    conv_channels: int = 16  # width of the conv encoders/decoders (see poissonvae.conv)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -98,12 +99,14 @@ class ZooSettings:
             unknown = [f for f in self.families if f not in FAMILIES]
             if unknown or not self.families:
                 raise ConfigError(f"zoo families: unknown or none {unknown or self.families}; known: {sorted(FAMILIES)}")
+        if not isinstance(self.conv_channels, int) or self.conv_channels < 1:
+            raise ConfigError(f"zoo conv_channels must be an integer >= 1, got {self.conv_channels!r}")
         if any(not t > 0 for t in self.temperatures):
             raise ConfigError(f"zoo temperatures must be > 0, got {self.temperatures}")
         return self
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("K", "seeds", "betas", "families", "archs", "temperatures")}
+        d = {k: getattr(self, k) for k in ("K", "seeds", "betas", "families", "archs", "temperatures", "conv_channels")}
         return {**d, "data": self.data.to_dict(), "train": dataclasses.asdict(self.train)}
 
     @classmethod
@@ -122,13 +125,18 @@ class ZooSettings:
 
 
 def preset(name: str) -> ZooSettings:
-    """``quick``: sized for a 2-core CPU (K = 128, 3 seeds, 20,000 patches, 10 + 1 epochs, batch 250).
-    ``paper``: the P-VAE paper's K = 512, 5 seeds, full data and 3000 epochs (needs a GPU)."""
+    """``quick``: sized for a 2-core CPU: K = 64, 2 seeds, conv width 8, and the
+    metabolic-cost sweep's quick data and budget (40,000 patches, 20 + 1 epochs
+    of batches of 250: fewer steps leave the P-VAE's low initial rates barely
+    moved); lin|lin only, as a conv|lin step costs ~60x a lin|lin one on a CPU
+    (add ``archs=["lin|lin", "conv|lin"]`` for the conv column). ``paper``: the P-VAE paper's K = 512, 5 seeds, full data and 3000
+    epochs (needs a GPU)."""
     if name == "paper":
         return ZooSettings()
     if name == "quick":
-        return ZooSettings(K=128, seeds=[0, 1, 2], data=DataConfig(n_train=20_000, n_val=5_000),
-                           train=TrainConfig(epochs=10, warmup_epochs=1, batch_size=250, checkpoint_every=2))
+        return ZooSettings(K=64, seeds=[0, 1], conv_channels=8, archs=["lin|lin"],
+                           data=DataConfig(n_train=40_000, n_val=10_000),
+                           train=TrainConfig(epochs=20, warmup_epochs=1, batch_size=250, checkpoint_every=2))
     raise ConfigError(f"unknown zoo preset {name!r}; known: ['paper', 'quick']")
 
 
@@ -161,9 +169,7 @@ def betas_for(experiment: str, s: ZooSettings) -> list[float]:
 
 def sweep_for(v: Variant, experiment: str, s: ZooSettings) -> SweepConfig:
     """The sweep that trains variant ``v``: one (family, K) group of betas x seeds."""
-    model = ModelConfig(K=s.K, input_dim=s.data.patch_size ** 2)
-    if v.arch != "lin|lin":
-        model = dataclasses.replace(model, arch=v.arch)
+    model = ModelConfig(K=s.K, input_dim=s.data.patch_size ** 2, arch=v.arch, conv_channels=s.conv_channels)
     train = dataclasses.replace(s.train, estimator=v.estimator, temperature_end=v.temperature_end,
                                 temperature_schedule=v.temperature_schedule)
     return SweepConfig(families=[v.family], Ks=[s.K], betas=betas_for(experiment, s), seeds=list(s.seeds),
