@@ -285,3 +285,69 @@ def test_dictionary_from_weights(tmp_path):
     torch.testing.assert_close(phi, model.dictionary.detach()[1])
     with pytest.raises(ValueError, match="out of range"):
         dictionary_from_weights(tmp_path / "w.safetensors", index=2)
+
+
+# --- fast paths (solvers.py): sparse products, in-place thresholds -------------------------
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (16, 48)], ids=["gram-form", "factored-form"])
+@pytest.mark.parametrize("method", SOLVERS)
+def test_sparse_and_dense_products_give_the_same_codes(monkeypatch, method, shape):
+    """The CSR product (used while few codes are non-zero) only reorders sums."""
+    from poissonvae.sparse_coding import solvers
+
+    D, K = shape
+    x, phi = lasso_problem(D=D, K=K, B=32)
+    layouts = []
+    real = solvers._csr_rows
+
+    def spy(z):
+        packed = real(z)
+        layouts.append(None if packed is None else packed.layout)
+        return packed
+
+    monkeypatch.setattr(solvers, "_csr_rows", spy)
+    runs = {}
+    for below in (0.0, 1.01):  # never / always sparse
+        monkeypatch.setitem(solvers.SPARSE_BELOW, torch.float64, below)
+        layouts.clear()
+        for nonnegative in (False, True):
+            runs[below, nonnegative] = infer(x, phi, 0.5, method=method, nonnegative=nonnegative, max_iter=300,
+                                             tol=0.0)
+        taken = set(layouts) - {None}
+        assert taken == ({torch.sparse_csr} if below > 1 else {torch.strided})
+    for nonnegative in (False, True):
+        dense, sparse = runs[0.0, nonnegative], runs[1.01, nonnegative]
+        assert (sparse != 0).float().mean() < 0.5
+        torch.testing.assert_close(sparse, dense, rtol=0, atol=1e-12)
+
+
+def test_in_place_threshold_is_the_soft_threshold_exactly():
+    from poissonvae.sparse_coding.core import soft_threshold
+    from poissonvae.sparse_coding.solvers import _shrink_
+
+    v = torch.randn(200, 50, dtype=torch.float32) * 3
+    v[0, :3] = torch.tensor([1.5, -1.5, 0.0])  # at the threshold
+    for nonnegative in (False, True):
+        got = _shrink_(v.clone(), 1.5, nonnegative, torch.empty_like(v))
+        assert torch.equal(got, soft_threshold(v, 1.5, nonnegative))
+
+
+def test_scale_lr_makes_dictionary_learning_invariant_to_the_data_scale():
+    """Scaling x by c scales the optimal codes at penalty c*lambda by c: the plain gradient
+    step then grows by c^2, the scaled one does not (dictionary.py's docstring)."""
+    x, _, _ = sparse_problem(nonnegative=True, D=16, K=8, B=400, nnz=2, seed=11)
+    kw = dict(method="fista", nonnegative=True, epochs=2, batch_size=100, max_iter=300, tol=1e-10, seed=3)
+    ref, _ = learn_dictionary(x, 8, 0.1, lr=0.05, scale_lr=True, **kw)
+    scaled, _ = learn_dictionary(3 * x, 8, 0.3, lr=0.05, scale_lr=True, **kw)
+    torch.testing.assert_close(scaled, ref, rtol=0, atol=1e-6)
+    plain, _ = learn_dictionary(x, 8, 0.1, lr=0.05, **kw)
+    plain_scaled, _ = learn_dictionary(3 * x, 8, 0.3, lr=0.05, **kw)
+    assert (plain_scaled - plain).abs().max() > 1e-3
+
+
+def test_learn_dictionary_reports_every_epoch():
+    x, _, _ = sparse_problem(nonnegative=True, D=16, K=8, B=200, nnz=2, seed=2)
+    seen = []
+    _, history = learn_dictionary(x.float(), 8, 0.1, epochs=3, batch_size=100, on_epoch=seen.append)
+    assert seen == history and [h["epoch"] for h in seen] == [1.0, 2.0, 3.0]

@@ -15,6 +15,7 @@ from .experiments import (
     code_metrics,
     dictionary_from_weights,
     infer_batched,
+    penalty_point,
     penalty_sweep,
 )
 from .figures import PAPER_BEST, best_models, fig5b
@@ -36,6 +37,7 @@ __all__ = [
     "COLUMNS",
     "code_metrics",
     "infer_batched",
+    "penalty_point",
     "penalty_sweep",
     "amortization_gap",
     "dictionary_from_weights",

@@ -6,9 +6,18 @@ dictionary with the codes fixed, on the reconstruction term of P-VAE eq. (1)
 ``1/2 ||x - Phi z||^2`` averaged over the batch; then (3) renormalises every
 column to unit norm. Step (3) is needed because the L1 penalty alone could be
 driven to zero by shrinking codes and growing columns.
+
+The gradient of step (2), ``(x - Phi z)^T z / B``, scales with the codes, and
+they shrink as the penalty grows: one learning rate is then too large for small
+penalties (the dictionary thrashes) and too small for large ones. With
+``scale_lr`` the step is divided by the batch's mean code energy
+``mean_j sum_b z_bj^2 / B`` (a scalar, so the direction is the gradient's), which
+makes one ``lr`` work across a penalty sweep.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -34,12 +43,15 @@ def normalize_columns(dictionary: Tensor, eps: float = 1e-12) -> Tensor:
 def learn_dictionary(x: Tensor | np.ndarray, K: int, penalty: float, method: str = "fista",
                      nonnegative: bool = True, epochs: int = 10, batch_size: int = 256, lr: float = 0.1,
                      seed: int = 0, progress: bool = False, max_iter: int = 200, tol: float = 1e-4,
-                     init: Tensor | None = None) -> tuple[Tensor, list[dict[str, float]]]:
+                     init: Tensor | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None,
+                     scale_lr: bool = False) -> tuple[Tensor, list[dict[str, float]]]:
     """Learn a ``(D, K)`` unit-norm dictionary for ``x`` ``(N, D)``.
 
     Each batch: codes ``z = infer(x_b, Phi, penalty, method, nonnegative,
     max_iter, tol)``; ``Phi <- Phi + lr * (x_b - z Phi^T)^T z / B`` (minus the
-    gradient of the batch mean of ``1/2 ||x - Phi z||^2``); columns renormalised.
+    gradient of the batch mean of ``1/2 ||x - Phi z||^2``; with ``scale_lr``
+    divided by ``mean_j sum_b z_bj^2 / B``, see the module docstring); columns
+    renormalised.
     Initial columns are random unit vectors from ``seed`` (or ``init``); batches
     are shuffled with the same seed. Runs on ``x``'s device and dtype.
 
@@ -47,6 +59,8 @@ def learn_dictionary(x: Tensor | np.ndarray, K: int, penalty: float, method: str
     ``epoch``, ``mse`` (squared error summed over pixels, mean over samples),
     ``objective`` (mean per-sample E), ``proportion_zeros`` and ``mean_iter``
     (solver iterations per batch), all averaged over that epoch's batches.
+    ``on_epoch``, if given, is called with each epoch's history entry as soon
+    as the epoch ends (a progress bar's hook).
     """
     x = torch.as_tensor(x)
     if x.ndim != 2 or not x.is_floating_point():
@@ -85,6 +99,11 @@ def learn_dictionary(x: Tensor | np.ndarray, K: int, penalty: float, method: str
             sums["mean_iter"] += info.n_iter
             n_batches += 1
             # d/dPhi of mean_b 1/2 ||x_b - Phi z_b||^2 is -(residual^T z) / B.
-            phi = normalize_columns(phi + (lr / xb.shape[0]) * (residual.T @ z))
+            scale = xb.shape[0]
+            if scale_lr:  # B * mean_j sum_b z_bj^2 / B: the B cancels
+                scale = float((z * z).sum(0).mean().clamp_min(torch.finfo(z.dtype).tiny))
+            phi = normalize_columns(phi + (lr / scale) * (residual.T @ z))
         history.append({"epoch": float(epoch), **{k: v / n_batches for k, v in sums.items()}})
+        if on_epoch is not None:
+            on_epoch(history[-1])
     return phi, history

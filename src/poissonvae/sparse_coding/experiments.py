@@ -16,7 +16,7 @@ sparsity (P-VAE eq. (5)) averaged over the units that fire (nanmean).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,29 +58,48 @@ def infer_batched(x: Tensor, dictionary: Tensor, penalty: float, batch_size: int
     return torch.cat(parts) if parts else x.new_zeros(0, dictionary.shape[1])
 
 
+def penalty_point(x_train: Tensor | np.ndarray, x_val: Tensor | np.ndarray, K: int, penalty: float,
+                  method: str = "lca", nonnegative: bool = True, epochs: int = 10, batch_size: int = 256,
+                  lr: float = 0.1, seed: int = 0, max_iter: int = 200, tol: float = 1e-4,
+                  eval_max_iter: int | None = None, progress: bool = False,
+                  on_epoch: Callable[[dict[str, float]], None] | None = None,
+                  scale_lr: bool = False) -> tuple[dict, Tensor]:
+    """One point of P-VAE Fig. 5b's sparse-coding curves: :func:`learn_dictionary`
+    on ``x_train`` ``(N, D)`` with ``method`` at ``penalty`` (``epochs``,
+    ``batch_size``, ``lr``, ``seed``, inference capped at ``max_iter``/``tol``),
+    then codes of ``x_val`` ``(M, D)`` by the same method (``eval_max_iter``
+    iterations, default ``max_iter``) and :func:`code_metrics`. ``on_epoch`` and
+    ``scale_lr`` are passed to :func:`learn_dictionary`.
+
+    Returns ``(row, dictionary)``: a dict with :data:`COLUMNS` and the learned
+    ``(D, K)`` dictionary."""
+    x_train, x_val = torch.as_tensor(x_train), torch.as_tensor(x_val)
+    phi, _ = learn_dictionary(x_train, K, penalty, method=method, nonnegative=nonnegative, epochs=epochs,
+                              batch_size=batch_size, lr=lr, seed=seed, progress=progress, max_iter=max_iter,
+                              tol=tol, on_epoch=on_epoch, scale_lr=scale_lr)
+    phi = phi.to(x_val.dtype)
+    codes = infer_batched(x_val, phi, penalty, method=method, nonnegative=nonnegative,
+                          max_iter=eval_max_iter or max_iter, tol=tol)
+    return {"method": method, "penalty": float(penalty), **code_metrics(x_val, phi, codes, penalty)}, phi
+
+
 def penalty_sweep(x_train: Tensor | np.ndarray, x_val: Tensor | np.ndarray, K: int, penalties: Sequence[float],
                   methods: Sequence[str] = ("lca", "ista"), nonnegative: bool = True, epochs: int = 10,
                   batch_size: int = 256, lr: float = 0.1, seed: int = 0, max_iter: int = 200, tol: float = 1e-4,
                   eval_max_iter: int | None = None, progress: bool = False, return_dictionaries: bool = False,
-                  ) -> pd.DataFrame | tuple[pd.DataFrame, dict[tuple[str, float], Tensor]]:
-    """For each method and penalty: :func:`learn_dictionary` on ``x_train``
-    ``(N, D)`` (``epochs``, ``batch_size``, ``lr``, ``seed``, inference capped at
-    ``max_iter``/``tol``), then codes of ``x_val`` ``(M, D)`` by the same method
-    (``eval_max_iter`` iterations, default ``max_iter``) and :func:`code_metrics`.
+                  scale_lr: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, dict[tuple[str, float], Tensor]]:
+    """:func:`penalty_point` for each method and penalty (same arguments): a
+    dictionary learned per (method, penalty), measured on ``x_val``.
 
     Returns a DataFrame with :data:`COLUMNS`; with ``return_dictionaries`` also
     ``{(method, penalty): dictionary (D, K)}``."""
-    x_train, x_val = torch.as_tensor(x_train), torch.as_tensor(x_val)
     rows, dictionaries = [], {}
     for method in methods:
         for penalty in penalties:
-            phi, _ = learn_dictionary(x_train, K, penalty, method=method, nonnegative=nonnegative, epochs=epochs,
-                                      batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-                                      max_iter=max_iter, tol=tol)
-            phi = phi.to(x_val.dtype)
-            codes = infer_batched(x_val, phi, penalty, method=method, nonnegative=nonnegative,
-                                  max_iter=eval_max_iter or max_iter, tol=tol)
-            rows.append({"method": method, "penalty": float(penalty), **code_metrics(x_val, phi, codes, penalty)})
+            row, phi = penalty_point(x_train, x_val, K, penalty, method=method, nonnegative=nonnegative,
+                                     epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_iter=max_iter,
+                                     tol=tol, eval_max_iter=eval_max_iter, progress=progress, scale_lr=scale_lr)
+            rows.append(row)
             dictionaries[(method, float(penalty))] = phi
     df = pd.DataFrame(rows, columns=COLUMNS)
     return (df, dictionaries) if return_dictionaries else df
