@@ -26,6 +26,16 @@ def test_dead_threshold_splits_two_clusters_at_the_gap():
     assert active_fraction(values) == pytest.approx(100 / 500)
 
 
+def test_dead_threshold_finds_a_gap_bridged_by_a_few_units():
+    """Like an L-VAE at K = 512: two clusters with a handful of units in between (no empty decade)."""
+    rng = np.random.default_rng(2)
+    dead = 10 ** rng.uniform(-3.0, -2.0, 350)
+    alive = 10 ** rng.uniform(-0.5, 0.1, 150)
+    bridge = 10 ** np.linspace(-1.8, -0.8, 5)
+    thr = dead_threshold(np.concatenate([dead, bridge, alive]))
+    assert dead.max() < thr < alive.min()
+
+
 def test_dead_threshold_one_cluster_is_all_alive_and_collapsed_is_all_dead():
     rng = np.random.default_rng(1)
     spread = 10 ** rng.uniform(-2, 0, 300)  # no gap of a decade anywhere

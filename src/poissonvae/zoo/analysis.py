@@ -89,32 +89,43 @@ def estimator_table(df: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------- dead neurons
 DEAD_FLOOR = 1e-4  # nats: a unit whose average KL is below this carries (almost) no information
-MIN_GAP_DECADES = 1.0
+MIN_SEPARATION_DECADES = 1.0
+MIN_BIMODALITY = 0.8
 
 
-def dead_threshold(values, min_gap_decades: float = MIN_GAP_DECADES, floor: float = DEAD_FLOOR) -> float:
+def dead_threshold(values, min_separation: float = MIN_SEPARATION_DECADES, min_bimodality: float = MIN_BIMODALITY,
+                   floor: float = DEAD_FLOOR) -> float:
     """The dead-neuron rule (P-VAE Fig. 10): the threshold that separates dead from alive units.
 
     The paper bins the per-unit KL values and cuts the histogram at the gap
     between the small values and the large ones. Here the same idea without a
-    bin width: sort log10 of the values (floored at 1e-12) and find the widest
-    gap between neighbours. If that gap spans at least ``min_gap_decades``
-    (a factor of 10 by default), the threshold is its geometric midpoint;
-    otherwise the values form one cluster and the threshold is ``floor``
-    (everything above it is alive). The threshold is never below ``floor``.
-    Units with a value above the threshold are alive.
+    bin width, on log10 of the values (floored at 1e-12): split the sorted
+    values in two where the between-group variance is largest (Otsu's rule).
+    The split is a real gap only if the two groups are far apart - their means
+    at least ``min_separation`` decades apart - and the split explains at least
+    ``min_bimodality`` of the variance (one uniform cluster gives 0.75, one
+    normal cluster 0.64, two well-separated clusters nearly 1). Then the
+    threshold is the geometric midpoint between the groups' neighbouring
+    values; otherwise all values form one cluster and the threshold is
+    ``floor``. It is never below ``floor``. Units above the threshold are alive.
     """
     v = np.asarray(values, dtype=float)
     if v.ndim != 1 or v.size == 0 or not np.isfinite(v).all():
         raise ValueError("dead_threshold needs a non-empty 1-d array of finite values")
     logs = np.sort(np.log10(np.maximum(v, 1e-12)))
-    if logs.size < 2:
+    n = logs.size
+    total = logs.var()
+    if n < 2 or total == 0:
         return floor
-    gaps = np.diff(logs)
-    i = int(np.argmax(gaps))
-    if gaps[i] < min_gap_decades:
+    i = np.arange(1, n)  # split before index i
+    csum = np.cumsum(logs)[:-1]
+    m0 = csum / i
+    m1 = (logs.sum() - csum) / (n - i)
+    between = (i / n) * (1 - i / n) * (m1 - m0) ** 2
+    k = int(np.argmax(between))
+    if between[k] / total < min_bimodality or m1[k] - m0[k] < min_separation:
         return floor
-    return max(floor, float(10 ** ((logs[i] + logs[i + 1]) / 2)))
+    return max(floor, float(10 ** ((logs[k] + logs[k + 1]) / 2)))
 
 
 def unit_activity(run_dir: str | Path, family: str) -> tuple[np.ndarray, str]:
