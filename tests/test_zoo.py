@@ -40,7 +40,7 @@ def test_dead_threshold_one_cluster_is_all_alive_and_collapsed_is_all_dead():
     rng = np.random.default_rng(1)
     spread = 10 ** rng.uniform(-2, 0, 300)  # no gap of a decade anywhere
     assert active_fraction(spread) == 1.0
-    collapsed = 10 ** rng.uniform(-9, -6, 300)  # everything below the floor of 1e-4 nats
+    collapsed = 10 ** rng.uniform(-6, -2.5, 300)  # everything below the floor of 0.01 nats
     assert active_fraction(collapsed) == 0.0
     with pytest.raises(ValueError, match="finite"):
         dead_threshold([0.1, float("nan")])

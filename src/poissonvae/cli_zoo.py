@@ -57,7 +57,7 @@ def add_zoo_commands(sub) -> None:
             "its table beside the paper's numbers, its figure and claims.md into OUT/EXPERIMENT/. Experiments: "
             "estimators (Table 2: % drop of validation -ELBO per family x EX/MC/ST x encoder), active (Table 3 + "
             "Fig. 10: proportion of active units; dead-neuron rule: an Otsu split of log per-unit KL into two "
-            "groups at least a decade apart, else none dead below 1e-4 nats), dictionaries (Fig. 4), sparsity (Fig. 5a: MSE vs lifetime sparsity across beta), "
+            "groups at least a decade apart, else dead below 0.01 nats), dictionaries (Fig. 4), sparsity (Fig. 5a: MSE vs lifetime sparsity across beta), "
             "temperature (Fig. 9: final temperature, linear vs exponential annealing, hard forward). Experiments "
             "run into the same OUT share runs (active and dictionaries reuse the EX runs of estimators); finished "
             "runs are skipped and killed ones resume."),
