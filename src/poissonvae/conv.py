@@ -96,11 +96,18 @@ class StackedConv2d(nn.Module):
 
     @torch.no_grad()
     def init_model(self, m: int, g: torch.Generator) -> None:
-        """Draw model ``m``'s weights from ``g``: PyTorch's default conv init,
-        U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
-        bound = 1.0 / math.sqrt(self.c_in * self.kernel**2)
-        _uniform_(self.weight[m], bound, g)
-        _uniform_(self.bias[m], bound, g)
+        """Draw model ``m``'s weights from ``g``: U(-2/sqrt(fan_in), 2/sqrt(fan_in)),
+        twice PyTorch's default bound, and the default U(-1/sqrt(fan_in), ...) bias.
+
+        Why: at the default bound the activations shrink about 10x through the
+        eight conv layers, the encoder's outputs at init have std ~0.06 on
+        z-scored patches, every P-VAE rate starts at its prior whatever the
+        input, and the conv|lin P-VAE collapses to silence (measured: KL 0.08
+        nats, 100% zeros after 9 epochs). Twice the bound keeps the scale: output
+        std ~0.8 on patches (lin|lin's init gives 0.81) and ~0.6 on digits."""
+        fan_in = self.c_in * self.kernel**2
+        _uniform_(self.weight[m], 2.0 / math.sqrt(fan_in), g)
+        _uniform_(self.bias[m], 1.0 / math.sqrt(fan_in), g)
 
     def forward(self, x: Tensor) -> Tensor:
         M, co, ci, k = self.M, self.c_out, self.c_in, self.kernel
