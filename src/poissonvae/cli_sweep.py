@@ -13,6 +13,13 @@ _SHARED = {"--epochs", "--warmup-epochs", "--lr", "--batch-size", "--estimator",
 SWEEP_TRAIN_OPTIONS = [opt for opt in TRAIN_OPTIONS if opt[0] in _SHARED]
 
 
+def print_claims(claims: list[dict]) -> None:
+    """One line per claim of the paper: whether it holds on these runs, and what was measured."""
+    for c in claims:
+        mark = {True: "holds", False: "FAILS", None: "n/a"}[c["holds"]]
+        print(f"  [{mark:5}] {c['claim']}: {c['measured']}")
+
+
 def sweep_config(args: argparse.Namespace):
     from .sweep import SweepConfig, preset
 
@@ -43,9 +50,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.no_report:
         report = write_report(out, fmt=args.format)
         print(f"report:  {report}")
-        for c in claims(df):
-            mark = {True: "holds", False: "FAILS", None: "n/a"}[c["holds"]]
-            print(f"  [{mark:5}] {c['claim']}: {c['measured']}")
+        print_claims(claims(df))
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .cli import _Formatter, _add_options, _check_device, _given, _wrap, add_data_args, data_config
-from .cli_sweep import SWEEP_TRAIN_OPTIONS
+from .cli_sweep import SWEEP_TRAIN_OPTIONS, print_claims
 
 _ZOO_TRAIN_OPTIONS = [o for o in SWEEP_TRAIN_OPTIONS if o[0] != "--estimator"]  # the estimator is a variant axis
 
@@ -39,9 +39,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     table, files, claims = run_experiment(args.experiment, s, out, engine=args.engine, address=args.address,
                                           progress=not args.no_progress)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    for c in claims:
-        mark = {True: "holds", False: "FAILS", None: "n/a"}[c["holds"]]
-        print(f"  [{mark:5}] {c['claim']}: {c['measured']}")
+    print_claims(claims)
     print("wrote: " + ", ".join(str(f) for f in files))
     return 0
 

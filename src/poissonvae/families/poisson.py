@@ -43,15 +43,7 @@ class _PoissonExactTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, enc: Tensor, log_prior_raw: Tensor):
-        lp = softclamp_upper(log_prior_raw, LOG_RATE_MAX).unsqueeze(-2)  # (M, 1, K), small
-        e = enc.clamp(max=80.0)
-        b = torch.exp(e - LOG_RESIDUAL_MAX)
-        one_b = b.add(1.0)
-        a = b.mul_(torch.exp(lp + LOG_RATE_MAX)).div_(one_b)  # b is consumed
-        one_a = a.add(1.0)
-        rate = a.mul_(_E5).div_(one_a)  # e^5 a / (1 + a), with a's full precision when a << 1
-        delta = e - torch.log(one_a * one_b)
-        prior = torch.exp(lp)
+        rate, delta, prior, one_a, one_b = _rates(enc, log_prior_raw)
         kl = (rate * (delta - 1.0)).sum(-1) + prior.sum(-1)
         ctx.save_for_backward(one_b, one_a, rate, delta, log_prior_raw, prior)
         return rate, kl
