@@ -99,6 +99,17 @@ def test_bad_zoo_settings_are_refused():
         ZooSettings(seeds=[0, 0]).validate()
     with pytest.raises(ConfigError, match="families"):
         ZooSettings(families=["poisson", "wishart"]).validate()
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ZooSettings.from_dict({"K": 8, "colour": "blue"})
+    with pytest.raises(ConfigError, match="train"):
+        ZooSettings.from_dict({"train": {"epochz": 3}})
+
+
+def test_zoo_settings_round_trip(tmp_path):
+    s = preset("quick")
+    s.save(tmp_path / "zoo.json")
+    back = ZooSettings.load(tmp_path / "zoo.json")
+    assert back.to_dict() == s.to_dict()
 
 
 def test_zoo_cli_end_to_end_and_resume(tmp_path, capsys):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import ConfigError, ModelConfig, TrainConfig, load_json, save_json
+from ..config import ConfigError, ModelConfig, TrainConfig, _from_dict, load_json, save_json
 from ..data.config import DataConfig
 from ..families import FAMILIES, get_family
 from ..sweep.grid import SweepConfig
@@ -111,9 +111,18 @@ class ZooSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ZooSettings":
+        if not isinstance(d, dict):
+            raise ConfigError(f"zoo settings: expected a mapping, got {type(d).__name__}")
         d = dict(d)
-        data = DataConfig.from_dict(d.pop("data", {}))
-        train = TrainConfig(**d.pop("train", {}))
+        try:
+            data = DataConfig.from_dict(d.pop("data", {}))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"zoo settings, data: {e}") from None
+        train = _from_dict(TrainConfig, d.pop("train", {}), "zoo settings, train")
+        allowed = {f.name for f in dataclasses.fields(cls)} - {"data", "train"}
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise ConfigError(f"zoo settings: unknown keys {unknown}; allowed: {sorted(allowed)}")
         return cls(data=data, train=train, **d)
 
     def save(self, path: Path) -> None:
