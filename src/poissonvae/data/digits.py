@@ -37,6 +37,7 @@ import numpy as np
 from .cache import cache_path, load_cache, save_cache
 from .config import DIGIT_SIDE, DIGITS_SOURCE, MNIST_PREFIX, DataConfig, is_digit_source
 from .images import DataError
+from .patches import split_samples
 
 __all__ = [
     "DIGITS_SOURCE",
@@ -182,21 +183,6 @@ def load_mnist(folder: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray |
 
 
 # ---------------------------------------------------------------------- splits
-def split_samples(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a disjoint (train, val) split of ``n`` samples, both in a seeded random order.
-
-    ``max(1, round(val_fraction * n))`` (at most ``n - 1``) samples go to
-    validation; the permutation is ``np.random.default_rng(seed).permutation(n)``.
-    """
-    if n < 2:
-        raise DataError(f"need at least 2 samples to split into train and validation, got {n}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
-    perm = np.random.default_rng(seed).permutation(n)
-    return perm[n_val:], perm[:n_val]
-
-
 def digit_source_identity(source: str) -> dict:
     """What the cache key records of a digit source: the scikit-learn version,
     or the MNIST files' (name, size, mtime_ns)."""

@@ -67,13 +67,23 @@ def split_images(
     n = len(ordered)
     if n < 2:
         raise DataError(f"need at least 2 images for an image-disjoint split, got {n}")
+    train_idx, val_idx = split_samples(n, val_fraction, seed)
+    return sorted(ordered[i] for i in train_idx), sorted(ordered[i] for i in val_idx)
+
+
+def split_samples(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a disjoint (train, val) split of ``n`` samples, both in a seeded random order.
+
+    ``max(1, round(val_fraction * n))`` (at most ``n - 1``) samples go to
+    validation; the permutation is ``np.random.default_rng(seed).permutation(n)``.
+    """
+    if n < 2:
+        raise DataError(f"need at least 2 samples to split into train and validation, got {n}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n_val = min(n - 1, max(1, int(round(val_fraction * n))))
     perm = np.random.default_rng(seed).permutation(n)
-    val = sorted(ordered[i] for i in perm[:n_val])
-    train = sorted(ordered[i] for i in perm[n_val:])
-    return train, val
+    return perm[n_val:], perm[:n_val]
 
 
 def _check_size(img: np.ndarray, label: str, patch_size: int) -> None:
