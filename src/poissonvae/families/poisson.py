@@ -20,79 +20,97 @@ LOG_RATE_MAX = 5.0
 _E5 = math.exp(LOG_RATE_MAX)
 
 
-class _PoissonExactTerms(torch.autograd.Function):
-    """Rates and summed KL from encoder output in one pass, with a hand-derived backward.
+_E_MINUS_10 = math.exp(-LOG_RESIDUAL_MAX)
+# beyond this the residual clamp is LOG_RESIDUAL_MAX to float precision; exp(80) still fits float32
+_ENC_CAP = 80.0
 
-    Same values as ``posterior`` + ``moments`` + ``kl`` (eqs. 4, 8), but the
-    autograd graph of that composition walks memory ~30 times and evaluates
-    four transcendentals per element, and the exact objective's step is
-    bound by those elementwise passes, not by its matrix products.
 
-    With the soft clamp ``sc_c(x) = x - log1p(e^(x - c))``,
-    ``u = sc_10(enc)``, ``s = lp + u``, ``l = sc_5(s)``, write
-    ``b = e^(enc - 10)``; then ``e^u = e^enc / (1 + b)`` gives
-    ``a := e^(s - 5) = b e^(lp + 5) / (1 + b)``,
-    ``lambda = e^l = e^5 a / (1 + a)`` and
-    ``delta = l - lp = enc - log((1 + a)(1 + b))``: one exp and one log per
-    element. ``KL = lambda0 f(lambda / lambda0) = lambda (delta - 1) + lambda0``;
-    ``dKL/dl = lambda delta``, ``dKL/dlp|_l = lambda0 - lambda``, and the
-    clamps' derivatives ``sigmoid(c - x)`` are ``1 / (1 + a)`` and ``1 / (1 + b)``.
-    ``enc`` is capped at 80 first: beyond it ``sc_10`` is 10 to float precision
-    and ``e^(enc - 10)`` would overflow.
+def _rates(enc: Tensor, log_prior_raw: Tensor):
+    """Rates, log-residuals and what their gradients need, from encoder output
+    (eqs. 4, 8 with the ref. code's soft clamps), in one exp and one log per element.
+
+    With ``sc_c(x) = x - log1p(e^(x - c))``, ``u = sc_10(enc)``, ``s = lp + u``,
+    ``l = sc_5(s)``, ``lambda = e^l``, ``delta = l - lp``: write ``b = e^(enc - 10)``,
+    ``a = e^(s - 5)`` and ``C = e^(lp + 5)`` (per unit). Then ``e^u = e^enc / (1 + b)``
+    gives ``a (1 + b) = b C``, so ``P := (1 + a)(1 + b) = 1 + b (1 + C)``,
+    ``lambda = e^5 a / (1 + a) = e^5 C b / P`` and ``delta = enc - log P``.
+    The clamps' slopes are ``1 / (1 + a)`` and ``1 / (1 + b)``, so
+    ``d lambda / d enc = lambda / P``. ``enc`` is capped at 80 first: beyond it
+    ``sc_10`` is 10 to float precision and ``e^enc`` would overflow.
+
+    Returns ``rate``, ``rho = lambda / P``, ``e^enc`` (capped), ``delta`` (all
+    ``(M, B, K)``) and the prior rates ``lambda0`` ``(M, 1, K)``.
     """
+    lp = softclamp_upper(log_prior_raw, LOG_RATE_MAX).unsqueeze(-2)  # (M, 1, K), small
+    c = torch.exp(lp + LOG_RATE_MAX)
+    e = enc.clamp(max=_ENC_CAP)
+    eb = torch.exp(e)  # e^enc = b e^10
+    p = torch.addcmul(torch.ones((), dtype=eb.dtype, device=eb.device), eb, (1.0 + c) * _E_MINUS_10)
+    delta = e.sub_(torch.log(p))  # e (a fresh tensor) becomes delta
+    rate = (eb * (c * (_E5 * _E_MINUS_10))).div_(p)
+    rho = rate / p
+    return rate, rho, eb, delta, torch.exp(lp)
+
+
+def _prior_log_rate_grad(g_s_sum: Tensor, g_kl: Tensor, rate: Tensor, prior: Tensor, log_prior_raw: Tensor,
+                         kl_rate: Tensor | None = None) -> Tensor:
+    """dF / d(raw prior log-rate): ``s = lp + u`` carries ``sum_b dF/ds``; the KL also
+    holds ``lambda0`` itself, ``dKL/dlp`` at fixed ``l`` being ``lambda0 - lambda``;
+    then the soft clamp's slope ``sigmoid(5 - raw)``. ``kl_rate`` (``sum_b g_kl lambda``,
+    (M, K)) may come precomputed."""
+    if kl_rate is None:
+        kl_rate = (g_kl.unsqueeze(-2) @ rate).squeeze(-2)
+    g_lp = g_s_sum + g_kl.sum(-1, keepdim=True) * prior.squeeze(-2) - kl_rate
+    return g_lp * torch.sigmoid(LOG_RATE_MAX - log_prior_raw)
+
+
+def _enc_and_s_grads(g_rate: Tensor, g_kl: Tensor, delta: Tensor, rho: Tensor, eb: Tensor):
+    """``dF/denc = (dF/dlambda + g_kl delta) lambda / P`` (in place in ``g_rate``) and
+    ``sum_b dF/ds = sum_b dF/denc (1 + b)``, ``b = e^enc e^-10``."""
+    g_enc = g_rate.addcmul_(g_kl.unsqueeze(-1), delta).mul_(rho)
+    g_s_sum = torch.addcmul(g_enc, g_enc, eb, value=_E_MINUS_10).sum(-2)
+    return g_enc, g_s_sum
+
+
+class _PoissonExactTerms(torch.autograd.Function):
+    """Rates and summed KL from encoder output in one pass (see :func:`_rates`), with
+    a hand-derived backward: same values as ``posterior`` + ``moments`` + ``kl``
+    (eqs. 4, 8), whose autograd graph walks memory ~30 times with four
+    transcendentals per element. ``KL = sum lambda (delta - 1) + lambda0`` and
+    ``dKL/dl = lambda delta``."""
 
     @staticmethod
     def forward(ctx, enc: Tensor, log_prior_raw: Tensor):
-        rate, delta, prior, one_a, one_b = _rates(enc, log_prior_raw)
-        kl = (rate * (delta - 1.0)).sum(-1) + prior.sum(-1)
-        ctx.save_for_backward(one_b, one_a, rate, delta, log_prior_raw, prior)
+        rate, rho, eb, delta, prior = _rates(enc, log_prior_raw)
+        kl = torch.linalg.vecdot(rate, delta - 1.0) + prior.sum(-1)
+        ctx.save_for_backward(rate, rho, eb, delta, prior, log_prior_raw)
         return rate, kl
 
     @staticmethod
     def backward(ctx, g_rate: Tensor, g_kl: Tensor):
-        one_b, one_a, rate, delta, log_prior_raw, prior = ctx.saved_tensors
-        g_kl = g_kl.unsqueeze(-1)
-        g_s = (g_rate + g_kl * delta).mul_(rate).div_(one_a)  # through l = sc_5(s), lambda = e^l, KL
-        g_enc = g_s / one_b  # through sc_10 (zero beyond the cap, as the clamp's slope is)
-        g_lp = (g_s + g_kl * (prior - rate)).sum(-2)
-        g_prior_raw = g_lp * torch.sigmoid(LOG_RATE_MAX - log_prior_raw)
-        return g_enc, g_prior_raw
-
-
-def _rates(enc: Tensor, log_prior_raw: Tensor):
-    """Forward half of :class:`_PoissonExactTerms` (see its docstring for the algebra):
-    rates, log-residual ``delta``, prior rates, and ``1 + a``, ``1 + b``."""
-    lp = softclamp_upper(log_prior_raw, LOG_RATE_MAX).unsqueeze(-2)  # (M, 1, K), small
-    e = enc.clamp(max=80.0)
-    b = torch.exp(e - LOG_RESIDUAL_MAX)
-    one_b = b.add(1.0)
-    a = b.mul_(torch.exp(lp + LOG_RATE_MAX)).div_(one_b)  # b is consumed
-    one_a = a.add(1.0)
-    rate = a.mul_(_E5).div_(one_a)  # e^5 a / (1 + a), with a's full precision when a << 1
-    delta = e.sub_(torch.log(one_a * one_b))  # e (a fresh tensor) is consumed
-    return rate, delta, torch.exp(lp), one_a, one_b
+        rate, rho, eb, delta, prior, log_prior_raw = ctx.saved_tensors
+        g_enc, g_s_sum = _enc_and_s_grads(g_rate.clone(), g_kl, delta, rho, eb)
+        return g_enc, _prior_log_rate_grad(g_s_sum, g_kl, rate, prior, log_prior_raw)
 
 
 def _rate_terms(enc: Tensor, lp: Tensor):
-    """Elementwise forward of the fused objective, written out of place so that
-    ``torch.compile`` can turn it into one loop: rates, ``d lambda / d s``,
-    ``delta``, ``1 + b`` and ``sum_k lambda (delta - 1)`` (M, B), from the
-    encoder output and the clamped prior log-rate ``lp`` (M, 1, K)."""
-    e = enc.clamp(max=80.0)
-    b = torch.exp(e - LOG_RESIDUAL_MAX)
-    one_b = b + 1.0
-    a = b * torch.exp(lp + LOG_RATE_MAX) / one_b
-    one_a = a + 1.0
-    rate = a * _E5 / one_a
-    delta = e - torch.log(one_a * one_b)
-    return rate, rate / one_a, delta, one_b, (rate * (delta - 1.0)).sum(-1)
+    """Elementwise forward of the fused objective (the algebra of :func:`_rates`),
+    written out of place so that ``torch.compile`` can turn it into one loop: rates,
+    ``rho``, ``e^enc``, ``delta`` and ``sum_k lambda delta`` (M, B), from the encoder
+    output and the clamped prior log-rate ``lp`` (M, 1, K)."""
+    c = torch.exp(lp + LOG_RATE_MAX)
+    e = enc.clamp(max=_ENC_CAP)
+    eb = torch.exp(e)
+    p = 1.0 + eb * ((1.0 + c) * _E_MINUS_10)
+    delta = e - torch.log(p)
+    rate = eb * (c * (_E5 * _E_MINUS_10)) / p
+    return rate, rate / p, eb, delta, (rate * delta).sum(-1)
 
 
-def _rate_grads(g_rate: Tensor, g_kl: Tensor, delta: Tensor, slope: Tensor, one_b: Tensor):
-    """Elementwise backward: ``dF/ds = (dF/dlambda + g_kl delta) dlambda/ds``, summed
-    over the batch (for the prior), and ``dF/denc = dF/ds / (1 + b)`` (through sc_10)."""
-    g_s = (g_rate + g_kl.unsqueeze(-1) * delta) * slope
-    return g_s / one_b, g_s.sum(-2)
+def _rate_grads(g_rate: Tensor, g_kl: Tensor, delta: Tensor, rho: Tensor, eb: Tensor):
+    """Elementwise backward, out of place for ``torch.compile`` (see :func:`_enc_and_s_grads`)."""
+    g_enc = (g_rate + g_kl.unsqueeze(-1) * delta) * rho
+    return g_enc, (g_enc * (1.0 + eb * _E_MINUS_10)).sum(-2)
 
 
 _COMPILED: dict[str, object] = {}
@@ -112,63 +130,64 @@ class _PoissonLinearFreeEnergy(torch.autograd.Function):
     mean = variance = lambda) and ``KL = sum lambda (delta - 1) + lambda0`` (eq. 8).
 
     Why: the exact objective's step is bound by elementwise passes over the
-    ``(M, B, K)`` tensors, not by its products. Composed from the rates function
-    and the reconstruction function, autograd adds the two gradients of lambda
-    (as mean and as variance) and the KL's in separate passes; here
-    ``dF/dlambda = g_r (c - 2 Phi^T r) + g_kl delta`` is formed inside one batched
-    product (``baddbmm``) plus one multiply-add, then mapped through the soft
-    clamps as in :class:`_PoissonExactTerms`. ``dF/dPhi = 2 Phi diag(g_r^T lambda)
-    - 2 (g_r r)^T lambda``. Shapes: ``x`` (B, D) shared, ``enc`` (M, B, K),
+    ``(M, B, K)`` tensors, not by its products. So every reduction that a product
+    can carry rides along in one: the decoder product runs on ``[Phi; c; 1]``,
+    giving ``c . lambda`` and ``sum_k lambda`` as two extra output columns;
+    backward, ``dF/dlambda = g_r (c - 2 Phi^T r) + g_kl delta`` comes from
+    ``[-2 g_r r, g_r] [Phi; c]`` plus one multiply-add, and the dictionary-gradient
+    product on ``[-2 g_r r, g_r, g_kl]`` also yields ``sum_b g_r lambda`` (for
+    ``dF/dPhi = 2 Phi diag(sum_b g_r lambda) - 2 (g_r r)^T lambda``) and
+    ``sum_b g_kl lambda`` (for the prior). Then ``dF/denc`` through the soft clamps
+    as in :func:`_rates`. Shapes: ``x`` (B, D) shared, ``enc`` (M, B, K),
     ``log_prior_raw`` (M, K), ``Phi`` (M, D, K); returns recon and KL, (M, B).
     ``compiled``: run the elementwise parts as ``torch.compile``d kernels.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, enc: Tensor, log_prior_raw: Tensor, dictionary: Tensor, compiled: bool = False):
+        M, B, D = enc.shape[0], x.shape[0], x.shape[1]
         if compiled:
             lp = softclamp_upper(log_prior_raw, LOG_RATE_MAX).unsqueeze(-2)
-            rate, slope, delta, one_b, kl_terms = _compiled("fwd")(enc, lp)
+            rate, rho, eb, delta, rate_delta = _compiled("fwd")(enc, lp)
             prior = torch.exp(lp)
         else:
-            rate, delta, prior, one_a, one_b = _rates(enc, log_prior_raw)
-            slope = rate / one_a  # d lambda / d s = lambda / (1 + a)
-            kl_terms = None
-        residual = torch.baddbmm(x.expand(rate.shape[0], *x.shape), rate, dictionary.transpose(-1, -2), alpha=-1.0)
-        column_norms = (dictionary * dictionary).sum(-2)  # (M, K)
-        # one read of lambda for both the variance term c . lambda and sum(lambda)
-        both = rate @ torch.stack([column_norms, torch.ones_like(column_norms)], -1)  # (M, B, 2)
-        recon = torch.linalg.vecdot(residual, residual) + both[..., 0]
-        if kl_terms is None:
-            kl_terms = torch.linalg.vecdot(rate, delta) - both[..., 1]
-        kl = kl_terms + prior.sum(-1)
+            rate, rho, eb, delta, prior = _rates(enc, log_prior_raw)
+            rate_delta = torch.linalg.vecdot(rate, delta)
+        column_norms = (dictionary * dictionary).sum(-2, keepdim=True)  # (M, 1, K)
+        extended = torch.cat([dictionary, column_norms, torch.ones_like(column_norms)], -2)  # (M, D + 2, K)
+        x_ext = torch.cat([x, x.new_zeros(B, 2)], -1).expand(M, B, D + 2)
+        out = torch.baddbmm(x_ext, rate, extended.transpose(-1, -2), alpha=-1.0)  # [r, -c.lambda, -sum lambda]
+        residual = out[..., :D]
+        recon = torch.linalg.vecdot(residual, residual) - out[..., D]
+        kl = rate_delta + out[..., D + 1] + prior.sum(-1)
         ctx.compiled = compiled
-        ctx.save_for_backward(residual, dictionary, column_norms, rate, slope, one_b, delta, prior, log_prior_raw)
+        ctx.save_for_backward(out, extended, rate, rho, eb, delta, prior, log_prior_raw)
         return recon, kl
 
     @staticmethod
     def backward(ctx, g_recon: Tensor, g_kl: Tensor):
-        residual, dictionary, column_norms, rate, slope, one_b, delta, prior, log_prior_raw = ctx.saved_tensors
+        out, extended, rate, rho, eb, delta, prior, log_prior_raw = ctx.saved_tensors
         need_x, need_enc, need_prior, need_dict = ctx.needs_input_grad[:4]
+        M, B, D = out.shape[0], out.shape[1], out.shape[2] - 2
         g_r = g_recon.unsqueeze(-1)  # (M, B, 1)
-        gr = residual * (2.0 * g_r)  # dF/dx_hat, (M, B, D)
-        g_rate = torch.baddbmm(g_r * column_norms.unsqueeze(-2), gr, dictionary, alpha=-1.0)  # (M, B, K)
+        g_ext = torch.empty_like(out)  # [-2 g_r r, g_r, g_kl]
+        torch.mul(out[..., :D], -2.0 * g_r, out=g_ext[..., :D])
+        g_ext[..., D] = g_recon
+        g_ext[..., D + 1] = g_kl
+        g_rate = torch.bmm(g_ext[..., : D + 1], extended[:, : D + 1])  # g_r c - 2 g_r Phi^T r, (M, B, K)
         if ctx.compiled:
-            g_enc, g_s_sum = _compiled("bwd")(g_rate, g_kl, delta, slope, one_b)
+            g_enc, g_s_sum = _compiled("bwd")(g_rate, g_kl, delta, rho, eb)
         else:
-            g_s = g_rate.addcmul_(g_kl.unsqueeze(-1), delta).mul_(slope)  # through lambda = e^(sc_5(s))
-            g_s_sum = g_s.sum(-2) if need_prior else None
-            g_enc = g_s.div_(one_b)  # through sc_10 (zero beyond the cap)
+            g_enc, g_s_sum = _enc_and_s_grads(g_rate, g_kl, delta, rho, eb)
         grads = [None, None, None, None, None]
         if need_x:
-            grads[0] = gr.sum(0)
-        if need_prior:
-            # s = lp + u carries g_s; the KL also holds lambda0 itself: dKL/dlp at fixed l = lambda0 - lambda
-            kl_rate = (g_kl.unsqueeze(-2) @ rate).squeeze(-2)  # sum_b g_kl lambda, (M, K)
-            g_lp = g_s_sum + g_kl.sum(-1, keepdim=True) * prior.squeeze(-2) - kl_rate
-            grads[2] = g_lp * torch.sigmoid(LOG_RATE_MAX - log_prior_raw)
-        if need_dict:
-            weighted = g_r.transpose(-1, -2) @ rate  # (M, 1, K): sum_b g_r lambda
-            grads[3] = torch.baddbmm(2.0 * dictionary * weighted, gr.transpose(-1, -2), rate, alpha=-1.0)
+            grads[0] = g_ext[..., :D].sum(0).neg_()
+        if need_prior or need_dict:
+            sums = torch.bmm(g_ext.transpose(-1, -2), rate)  # (M, D + 2, K)
+            if need_dict:  # 2 Phi diag(sum_b g_r lambda) - 2 (g_r r)^T lambda
+                grads[3] = torch.addcmul(sums[:, :D], extended[:, :D], sums[:, D : D + 1], value=2.0)
+            if need_prior:
+                grads[2] = _prior_log_rate_grad(g_s_sum, g_kl, rate, prior, log_prior_raw, kl_rate=sums[:, D + 1])
         if need_enc:
             grads[1] = g_enc
         return tuple(grads)
