@@ -3,6 +3,7 @@ direct summation, Monte Carlo and numerical integration (scipy)."""
 
 import math
 
+import mpmath
 import numpy as np
 import pytest
 import torch
@@ -79,6 +80,31 @@ def test_relu_moments_limits_are_finite_and_correct(dtype):
     assert torch.isfinite(m).all() and torch.isfinite(v).all() and (v >= 0).all()
     (m.sum() + v.sum()).backward()
     assert torch.isfinite(mu.grad).all()
+
+
+def _relu_terms_reference(zeta):
+    # 50-digit arithmetic: no cancellation or underflow to worry about
+    z = mpmath.mpf(zeta)
+    cdf, pdf = mpmath.ncdf(z), mpmath.npdf(z)
+    m = z * cdf + pdf
+    return [float(m), float((z * z + 1) * cdf + z * pdf - m * m), float(cdf), float(pdf)]
+
+
+def test_relu_moment_terms_match_50_digit_arithmetic_across_both_regimes():
+    """Mean, variance, Phi and phi of relu(N(zeta, 1)), on a grid that crosses the
+    erfc / continued-fraction switch (|zeta| = 6 in float32, 8 in float64) and both signs."""
+    edges = [s * (e + d) for s in (-1, 1) for e in (6.0, 8.0) for d in (-1e-3, 0.0, 1e-3)]
+    zetas = sorted(set(np.linspace(-14, 14, 113).tolist() + edges + [-1e4, -40.0, -35.0, -20.0, 20.0, 40.0, 1e4]))
+    ref = torch.tensor([_relu_terms_reference(z) for z in zetas], dtype=torch.float64)
+    z = torch.tensor(zetas, dtype=torch.float64)
+    got64 = torch.stack(F.relu_moment_terms(z), -1)
+    rel64 = (got64 - ref).abs() / ref.abs().clamp(min=1e-300)
+    assert rel64.max() < 1e-9, rel64.max(0)
+    got32 = torch.stack(F.relu_moment_terms(z.float()), -1).double()
+    normal = (ref.abs() > 1e-30) & (z > -3).unsqueeze(-1)  # float32 precision, bar the left tail and underflow
+    assert ((got32 - ref).abs() / ref.abs())[normal].max() < 2e-5
+    assert ((got32 - ref).abs() <= 1e-6 * (1 + z.abs().unsqueeze(-1))).all()  # and small absolute error anywhere
+    assert (got32[:, :2] >= 0).all()
 
 
 def test_relu_moments_gradient_matches_finite_differences():

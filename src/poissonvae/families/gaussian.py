@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ..functional import gaussian_kl, relu_moments
 from .base import LatentFamily, Posterior
+from .rectified import RectifiedLinearFreeEnergy
 
 # Ref. code guard on the log-scale: 5.3 tanh(x / 5.3) keeps sigma in
 # (e^-5.3, e^5.3) with a smooth, non-saturating gradient near 0.
@@ -94,6 +95,10 @@ class GaussianReluFamily(GaussianFamily):
 
     def moments(self, post: Posterior) -> tuple[Tensor, Tensor]:
         return relu_moments(post["mu"], post["sigma"])  # eqs. (18)-(19)
+
+    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor):
+        # the same values as the composition, in one fused function (families/rectified.py)
+        return RectifiedLinearFreeEnergy.apply(x, enc, prior["mu"], prior["log_sigma"], dictionary)
 
     def rsample(self, post, temperature, hard=False, generator=None) -> Tensor:
         return torch.relu(self._z(post, generator))
