@@ -26,6 +26,7 @@ from .config import ConfigError, TrainConfig
 from .data.patches import validate_patches
 from .families import LatentFamily
 from .functional import poisson_n_exp
+from .memory import retain_freed_memory
 from .models import StackedVAE
 from .schedules import beta_at, lr_factor, temperature_at
 
@@ -86,6 +87,8 @@ class Trainer:
             raise ValueError(f"every beta must be a finite number >= 0, got {betas}")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # reuse warm pages step after step (see memory.py)
         self.model = model.to(self.device)
         self.train = train.to(self.device, torch.float32)
         self.betas = torch.tensor(betas, dtype=torch.float32, device=self.device)
