@@ -10,7 +10,9 @@ script shows how much it adds.
     python benchmarks/bench_step.py [--K 512] [--batch 1000] [--device cpu]
 
 Prints the median of ``--repeats`` timings (after warm-up) for the bare
-products and for full optimiser steps of each family and estimator.
+products and for full optimiser steps of each family and estimator, and each
+step's ratio to the bare products of its own shapes (the Gaussian families'
+encoder has 2K outputs).
 """
 
 from __future__ import annotations
@@ -45,18 +47,21 @@ def median_time(fn, device: torch.device, repeats: int, warmup: int = 5) -> floa
     return statistics.median(times)
 
 
-def bare_matmuls(B: int, D: int, K: int, device: torch.device):
+def bare_matmuls(B: int, D: int, K: int, device: torch.device, n_params: int = 1):
+    """The five products; the encoder has ``n_params * K`` outputs (2K for a
+    Gaussian family: a mean and a log-scale per unit)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, D, generator=g).to(device)
-    W = torch.randn(K, D, generator=g).to(device)
+    W = torch.randn(n_params * K, D, generator=g).to(device)
     Phi = torch.randn(D, K, generator=g).to(device)
 
     def run():
-        u = x @ W.T  # encoder, (B, K)
+        e = x @ W.T  # encoder, (B, nK)
+        u = e[:, :K]
         r = u @ Phi.T  # decoder, (B, D)
         gu = r @ Phi  # backward through the decoder, (B, K)
         gPhi = r.T @ u  # dictionary gradient, (D, K)
-        gW = gu.T @ x  # encoder gradient, (K, D)
+        gW = e.T @ x  # encoder gradient, (nK, D)
         return gPhi, gW
 
     return run
@@ -92,26 +97,34 @@ def main() -> None:
     cases = [("poisson", "exact"), ("gaussian_relu", "exact")]
     if args.mc:
         cases += [("poisson", "mc"), ("gaussian_relu", "mc")]
-    fns = {"bare matmuls (5 products)": bare_matmuls(args.batch, args.dim, args.K, device)}
+    bare = {1: "bare matmuls (5 products)", 2: "bare matmuls, encoder 2K outputs"}
+    fns = {bare[1]: bare_matmuls(args.batch, args.dim, args.K, device)}
+    fns[bare[2]] = bare_matmuls(args.batch, args.dim, args.K, device, n_params=2)
+    reference = {bare[1]: bare[1], bare[2]: bare[2]}
     for family, estimator in cases:
         step, model = train_step(family, estimator, args.batch, args.dim, args.K, device)
         extra = f" (n_exp={model.family.n_exp})" if estimator == "mc" and family == "poisson" else ""
-        fns[f"train step {family} {estimator}{extra}"] = step
+        name = f"train step {family} {estimator}{extra}"
+        fns[name], reference[name] = step, bare[model.family.n_params]
     if args.compile:
-        fns["train step poisson exact, compiled kernels"] = train_step("poisson", "exact", args.batch, args.dim,
-                                                                       args.K, device, compile=True)[0]
+        name = "train step poisson exact, compiled kernels"
+        fns[name] = train_step("poisson", "exact", args.batch, args.dim, args.K, device, compile=True)[0]
+        reference[name] = bare[1]
     # Interleave: every round times every case, so a change in machine load
-    # during the run hits all of them alike; report medians over rounds.
+    # during the run hits all of them alike; report medians over rounds, and the
+    # median over rounds of each step's ratio to the bare products of its own
+    # shapes timed in the same round (robust to slow and fast phases of a shared machine).
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for name, fn in fns.items():
         median_time(fn, device, 1, warmup=5)
     for _ in range(args.rounds):
         for name, fn in fns.items():
             samples[name].append(median_time(fn, device, args.repeats, warmup=1))
-    base = statistics.median(samples["bare matmuls (5 products)"])
+    print(f"{'case':44s} {'median':>10s}   {'ratio to its bare products (median of rounds)':s}")
     for name, ts in samples.items():
-        t = statistics.median(ts)
-        print(f"{name:44s} {t * 1e3:8.2f} ms   {t / base:.2f}x")
+        ratios = [a / b for a, b in zip(ts, samples[reference[name]])]
+        print(f"{name:44s} {statistics.median(ts) * 1e3:8.2f} ms   {statistics.median(ratios):.2f}x "
+              f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":
