@@ -130,12 +130,17 @@ class StackedVAE(nn.Module):
                 f"{self.cfg.arch!r} has a nonlinear decoder; use estimator 'mc' or 'st'")
         self._check_input(x)
         if estimator == "exact":
-            recon, kl = self.family.exact_objective(x, self.encoder_output(x), self.prior(), self.dictionary)
-            return Output(recon=recon, kl=kl, post=None)
+            return self.exact_output(x, self.encoder_output(x))
         post = self.encode(x)
         h = self.family.rsample(post, temperature, hard=estimator == "st", generator=generator)
         recon = ((x - self.decode(h)) ** 2).sum(-1)
         return Output(recon=recon, kl=self.family.kl(post).sum(-1), post=post)
+
+    def exact_output(self, x: Tensor, enc: Tensor) -> Output:
+        """The closed-form free-energy terms (eqs. 17, 21) from the encoder output
+        ``enc`` of the batch ``x`` (linear decoders only)."""
+        recon, kl = self.family.exact_objective(x, enc, self.prior(), self.dictionary)
+        return Output(recon=recon, kl=kl, post=None)
 
     @torch.no_grad()
     def decoder_atoms(self) -> Tensor:
@@ -189,6 +194,10 @@ class LinearVAE(StackedVAE):
         self.encoder = nn.Parameter(torch.stack(enc))
         self.dictionary = nn.Parameter(torch.stack(dic))
         self._register_priors(priors)
+
+    #: the encoder is one product on the shared input, so the trainer can run it
+    #: once per batch however finely it splits the rest of the step
+    single_product_encoder = True
 
     def encoder_output(self, x: Tensor) -> Tensor:
         """``W x`` of every model, ``(M, B, n * K)``, as one product on the shared input."""

@@ -159,13 +159,34 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         B = x.shape[0]
         totals = torch.zeros(3, self.model.n_models, device=self.device)
-        for piece in x.tensor_split(self.chunks(B)):
-            out = self.model(piece, self.cfg.estimator, temperature, self.generator)
+        n_pieces = self.chunks(B)
+        split_encoder = (n_pieces > 1 and self.cfg.estimator == "exact"
+                         and getattr(self.model, "single_product_encoder", False))
+        if split_encoder:
+            # One encoder product for the whole batch and one for its weight gradient
+            # (pieces of it would cost more and need their gradients added up); only
+            # the elementwise-heavy objective runs piece by piece, each on a detached
+            # slice whose gradient goes into one buffer.
+            enc = self.model.encoder_output(x)
+            g_enc = torch.empty_like(enc)
+        start = 0
+        for piece in x.tensor_split(n_pieces):
+            rows = slice(start, start + piece.shape[0])
+            start = rows.stop
+            if split_encoder:
+                piece_enc = enc[:, rows].detach().requires_grad_()
+                out = self.model.exact_output(piece, piece_enc)
+            else:
+                out = self.model(piece, self.cfg.estimator, temperature, self.generator)
             free_energy = out.free_energy(beta).sum(-1)  # (M,), summed over the piece
             (free_energy.sum() / B).backward()  # accumulates the gradient of the batch mean
+            if split_encoder:
+                g_enc[:, rows] = piece_enc.grad
             totals += torch.stack([free_energy.detach(), out.recon.detach().sum(-1), out.kl.detach().sum(-1)])
             if self._adaptive_n_exp:
                 self._epoch_max = torch.maximum(self._epoch_max, self.model.family.max_rate(out.post))
+        if split_encoder:
+            enc.backward(g_enc)
         clip_grad_norm_per_model(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
