@@ -39,7 +39,7 @@ def _rates(enc: Tensor, log_prior_raw: Tensor):
     capped at 80 first: beyond it ``sc_10`` is 10 to float precision and ``e^enc``
     would overflow.
 
-    Returns ``rate``, ``P``, ``delta`` (all ``(M, B, K)``), the prior rates
+    Returns ``rate``, ``P``, ``lambda delta`` (all ``(M, B, K)``), the prior rates
     ``lambda0`` and ``C`` (``(M, 1, K)``). Fresh buffers are updated in place: on a
     CPU an out-of-place op into cold memory costs ~3 in-place ones.
     """
@@ -49,8 +49,8 @@ def _rates(enc: Tensor, log_prior_raw: Tensor):
     rate = torch.exp(e)  # e^enc = b e^10, becomes the rate below
     p = torch.addcmul(torch.ones((), dtype=rate.dtype, device=rate.device), rate, (1.0 + c) * _E_MINUS_10)
     rate.mul_(c * (_E5 * _E_MINUS_10)).div_(p)
-    delta = e.sub_(torch.log(p))  # e (a fresh tensor) becomes delta
-    return rate, p, delta, torch.exp(lp), c
+    rate_delta = e.sub_(torch.log(p)).mul_(rate)  # e (a fresh tensor) becomes lambda delta
+    return rate, p, rate_delta, torch.exp(lp), c
 
 
 def _prior_log_rate_grad(g_s_sum: Tensor, g_kl: Tensor, rate: Tensor, prior: Tensor, log_prior_raw: Tensor,
@@ -65,11 +65,11 @@ def _prior_log_rate_grad(g_s_sum: Tensor, g_kl: Tensor, rate: Tensor, prior: Ten
     return g_lp * torch.sigmoid(LOG_RATE_MAX - log_prior_raw)
 
 
-def _enc_and_s_grads(g_rate: Tensor, g_kl: Tensor, rate: Tensor, p: Tensor, delta: Tensor, c: Tensor):
+def _enc_and_s_grads(g_rate: Tensor, g_kl: Tensor, rate: Tensor, p: Tensor, rate_delta: Tensor, c: Tensor):
     """``dF/denc = h lambda / P`` with ``h = dF/dlambda + g_kl delta`` (in place in
     ``g_rate``) and ``sum_b dF/ds = sum_b dF/denc (1 + b) = (sum_b h lambda + C sum_b
     dF/denc) / (1 + C)`` (see :func:`_rates`): two reductions of hot data instead of a product."""
-    h_rate = g_rate.addcmul_(g_kl.unsqueeze(-1), delta).mul_(rate)
+    h_rate = g_rate.mul_(rate).addcmul_(g_kl.unsqueeze(-1), rate_delta)
     s1 = h_rate.sum(-2)
     g_enc = h_rate.div_(p)
     c = c.squeeze(-2)
@@ -85,35 +85,35 @@ class _PoissonExactTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, enc: Tensor, log_prior_raw: Tensor):
-        rate, p, delta, prior, c = _rates(enc, log_prior_raw)
-        kl = torch.linalg.vecdot(rate, delta - 1.0) + prior.sum(-1)
-        ctx.save_for_backward(rate, p, delta, prior, c, log_prior_raw)
+        rate, p, rate_delta, prior, c = _rates(enc, log_prior_raw)
+        kl = rate_delta.sum(-1) - rate.sum(-1) + prior.sum(-1)
+        ctx.save_for_backward(rate, p, rate_delta, prior, c, log_prior_raw)
         return rate, kl
 
     @staticmethod
     def backward(ctx, g_rate: Tensor, g_kl: Tensor):
-        rate, p, delta, prior, c, log_prior_raw = ctx.saved_tensors
-        g_enc, g_s_sum = _enc_and_s_grads(g_rate.clone(), g_kl, rate, p, delta, c)
+        rate, p, rate_delta, prior, c, log_prior_raw = ctx.saved_tensors
+        g_enc, g_s_sum = _enc_and_s_grads(g_rate.clone(), g_kl, rate, p, rate_delta, c)
         return g_enc, _prior_log_rate_grad(g_s_sum, g_kl, rate, prior, log_prior_raw)
 
 
 def _rate_terms(enc: Tensor, lp: Tensor):
     """Elementwise forward of the fused objective (the algebra of :func:`_rates`),
     written out of place so that ``torch.compile`` can turn it into one loop: rates,
-    ``P``, ``delta`` and ``sum_k lambda delta`` (M, B), from the encoder output and
+    ``P``, ``lambda delta`` and its sum over units (M, B), from the encoder output and
     the clamped prior log-rate ``lp`` (M, 1, K)."""
     c = torch.exp(lp + LOG_RATE_MAX)
     e = enc.clamp(max=_ENC_CAP)
     eb = torch.exp(e)
     p = 1.0 + eb * ((1.0 + c) * _E_MINUS_10)
-    delta = e - torch.log(p)
     rate = eb * (c * (_E5 * _E_MINUS_10)) / p
-    return rate, p, delta, (rate * delta).sum(-1)
+    rate_delta = (e - torch.log(p)) * rate
+    return rate, p, rate_delta, rate_delta.sum(-1)
 
 
-def _rate_grads(g_rate: Tensor, g_kl: Tensor, rate: Tensor, p: Tensor, delta: Tensor, c: Tensor):
+def _rate_grads(g_rate: Tensor, g_kl: Tensor, rate: Tensor, p: Tensor, rate_delta: Tensor, c: Tensor):
     """Elementwise backward, out of place for ``torch.compile`` (see :func:`_enc_and_s_grads`)."""
-    h_rate = (g_rate + g_kl.unsqueeze(-1) * delta) * rate
+    h_rate = g_rate * rate + g_kl.unsqueeze(-1) * rate_delta
     g_enc = h_rate / p
     c = c.squeeze(-2)
     return g_enc, (h_rate.sum(-2) + c * g_enc.sum(-2)) / (1.0 + c)
@@ -154,25 +154,25 @@ class _PoissonLinearFreeEnergy(torch.autograd.Function):
         M, B, D = enc.shape[0], x.shape[0], x.shape[1]
         if compiled:
             lp = softclamp_upper(log_prior_raw, LOG_RATE_MAX).unsqueeze(-2)
-            rate, p, delta, rate_delta = _compiled("fwd")(enc, lp)
+            rate, p, rate_delta, rate_delta_sum = _compiled("fwd")(enc, lp)
             prior, c = torch.exp(lp), torch.exp(lp + LOG_RATE_MAX)
         else:
-            rate, p, delta, prior, c = _rates(enc, log_prior_raw)
-            rate_delta = torch.linalg.vecdot(rate, delta)
+            rate, p, rate_delta, prior, c = _rates(enc, log_prior_raw)
+            rate_delta_sum = rate_delta.sum(-1)
         column_norms = (dictionary * dictionary).sum(-2, keepdim=True)  # (M, 1, K)
         extended = torch.cat([dictionary, column_norms, torch.ones_like(column_norms)], -2)  # (M, D + 2, K)
         x_ext = torch.cat([x, x.new_zeros(B, 2)], -1).expand(M, B, D + 2)
         out = torch.baddbmm(x_ext, rate, extended.transpose(-1, -2), alpha=-1.0)  # [r, -c.lambda, -sum lambda]
         residual = out[..., :D]
         recon = torch.linalg.vecdot(residual, residual) - out[..., D]
-        kl = rate_delta + out[..., D + 1] + prior.sum(-1)
+        kl = rate_delta_sum + out[..., D + 1] + prior.sum(-1)
         ctx.compiled = compiled
-        ctx.save_for_backward(out, extended, rate, p, delta, prior, c, log_prior_raw)
+        ctx.save_for_backward(out, extended, rate, p, rate_delta, prior, c, log_prior_raw)
         return recon, kl
 
     @staticmethod
     def backward(ctx, g_recon: Tensor, g_kl: Tensor):
-        out, extended, rate, p, delta, prior, c, log_prior_raw = ctx.saved_tensors
+        out, extended, rate, p, rate_delta, prior, c, log_prior_raw = ctx.saved_tensors
         need_x, need_enc, need_prior, need_dict = ctx.needs_input_grad[:4]
         M, B, D = out.shape[0], out.shape[1], out.shape[2] - 2
         g_r = g_recon.unsqueeze(-1)  # (M, B, 1)
@@ -182,9 +182,9 @@ class _PoissonLinearFreeEnergy(torch.autograd.Function):
         g_ext[..., D + 1] = g_kl
         g_rate = torch.bmm(g_ext[..., : D + 1], extended[:, : D + 1])  # g_r c - 2 g_r Phi^T r, (M, B, K)
         if ctx.compiled:
-            g_enc, g_s_sum = _compiled("bwd")(g_rate, g_kl, rate, p, delta, c)
+            g_enc, g_s_sum = _compiled("bwd")(g_rate, g_kl, rate, p, rate_delta, c)
         else:
-            g_enc, g_s_sum = _enc_and_s_grads(g_rate, g_kl, rate, p, delta, c)
+            g_enc, g_s_sum = _enc_and_s_grads(g_rate, g_kl, rate, p, rate_delta, c)
         grads = [None, None, None, None, None]
         if need_x:
             grads[0] = g_ext[..., :D].sum(0).neg_()
