@@ -24,6 +24,20 @@ def test_lifetime_sparsity_matches_loop_and_extremes():
     assert s[0].item() == pytest.approx(1.0) and s[1].item() == pytest.approx(0.0) and torch.isnan(s[2])
 
 
+def test_lifetime_sparsity_of_signed_latents_uses_magnitudes():
+    """Signed responses enter as |z|: for z ~ N(0, 1) (a G-VAE unit at its prior)
+    s -> 1 - E|z|^2 / E[z^2] = 1 - 2/pi, the P-VAE paper's G-VAE value (0.37);
+    the signed sum would cancel and give about 1."""
+    z = torch.randn(200_000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    s = M.lifetime_sparsity(z)
+    assert torch.allclose(s, torch.full_like(s, 1 - 2 / np.pi), atol=5e-3)
+    assert torch.equal(M.lifetime_sparsity(z), M.lifetime_sparsity(-z))
+    # the evaluation's batched sums agree with the function
+    n = z.shape[0]
+    batched = M.lifetime_sparsity_from_sums(z.abs().sum(0), (z**2).sum(0), n)
+    assert torch.allclose(batched, s)
+
+
 def test_r2_and_mse_match_sklearn_and_numpy():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(200, 16))

@@ -58,7 +58,7 @@ def evaluate(model: StackedVAE, x: Tensor, batch_size: int = 5000, seed: int = 0
             sums["recon"] += ((xb - x_hat) ** 2).double().sum((-2, -1))
         sums["kl"] += kl.double().sum((-2, -1))
         unit_kl += kl.double().sum(-2)
-        s1 += z.double().sum(-2)
+        s1 += z.double().abs().sum(-2)  # magnitudes: see metrics.lifetime_sparsity
         s2 += (z.double() ** 2).sum(-2)
     ss_tot = ((x.double() - x.double().mean(0)) ** 2).sum()
     mse = sums["sq_err"] / n

@@ -58,13 +58,22 @@ def lifetime_sparsity(z: Tensor) -> Tensor:
     ``s_j = (1 - (sum_i z_ij)^2 / (N sum_i z_ij^2)) / (1 - 1/N)``: 1 when a unit
     answers one input out of N, 0 when it answers all alike. A unit that never
     fires has no defined value; we return NaN for it (callers average with nanmean).
+
+    The measure (Treves-Rolls, Vinje-Gallant) is defined on non-negative
+    responses; signed latents (G-VAE, L-VAE, unconstrained sparse codes) enter
+    as magnitudes ``|z|``, otherwise positive and negative answers cancel and
+    every symmetric unit scores about 1. This is what the P-VAE paper reports:
+    its G-VAE value, s = 0.37, is ``1 - 2/pi = 0.363``, the value of ``|z|``
+    for ``z ~ N(0, 1)``, where its (mostly dead) units sit at the prior.
     """
+    z = z.abs()
     return lifetime_sparsity_from_sums(z.sum(-2), (z**2).sum(-2), z.shape[-2])
 
 
 def lifetime_sparsity_from_sums(s1: Tensor, s2: Tensor, n: int) -> Tensor:
-    """P-VAE eq. (5) from per-unit sums ``s1 = sum_i z_ij`` and ``s2 = sum_i z_ij^2``
-    over ``n`` inputs, so that it can be accumulated over batches."""
+    """P-VAE eq. (5) from per-unit sums ``s1 = sum_i |z_ij|`` and ``s2 = sum_i z_ij^2``
+    over ``n`` inputs, so that it can be accumulated over batches (see
+    :func:`lifetime_sparsity` for the magnitude)."""
     ratio = s1**2 / (n * s2)
     s = (1.0 - ratio) / (1.0 - 1.0 / n)
     return torch.where(s2 > 0, s, torch.full_like(s, float("nan")))
