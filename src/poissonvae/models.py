@@ -136,10 +136,11 @@ class StackedVAE(nn.Module):
         recon = ((x - self.decode(h)) ** 2).sum(-1)
         return Output(recon=recon, kl=self.family.kl(post).sum(-1), post=post)
 
-    def exact_output(self, x: Tensor, enc: Tensor) -> Output:
+    def exact_output(self, x: Tensor, enc: Tensor, enc_grad_out: Tensor | None = None) -> Output:
         """The closed-form free-energy terms (eqs. 17, 21) from the encoder output
-        ``enc`` of the batch ``x`` (linear decoders only)."""
-        recon, kl = self.family.exact_objective(x, enc, self.prior(), self.dictionary)
+        ``enc`` of the batch ``x`` (linear decoders only); ``enc_grad_out``: see
+        :meth:`LatentFamily.exact_objective`."""
+        recon, kl = self.family.exact_objective(x, enc, self.prior(), self.dictionary, enc_grad_out)
         return Output(recon=recon, kl=kl, post=None)
 
     @torch.no_grad()

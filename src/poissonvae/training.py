@@ -175,13 +175,13 @@ class Trainer:
             start = rows.stop
             if split_encoder:
                 piece_enc = enc[:, rows].detach().requires_grad_()
-                out = self.model.exact_output(piece, piece_enc)
+                out = self.model.exact_output(piece, piece_enc, enc_grad_out=g_enc[:, rows])
             else:
                 out = self.model(piece, self.cfg.estimator, temperature, self.generator)
             free_energy = out.free_energy(beta).sum(-1)  # (M,), summed over the piece
             (free_energy.sum() / B).backward()  # accumulates the gradient of the batch mean
-            if split_encoder:
-                g_enc[:, rows] = piece_enc.grad
+            if split_encoder and piece_enc.grad.data_ptr() != g_enc[:, rows].data_ptr():
+                g_enc[:, rows] = piece_enc.grad  # a family that did not write into the buffer
             totals += torch.stack([free_energy.detach(), out.recon.detach().sum(-1), out.kl.detach().sum(-1)])
             if self._adaptive_n_exp:
                 self._epoch_max = torch.maximum(self._epoch_max, self.model.family.max_rate(out.post))

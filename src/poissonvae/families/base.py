@@ -82,10 +82,14 @@ class LatentFamily(ABC):
         units are coupled (one categorical variable) override it."""
         return _linear_reconstruction(x, dictionary, mean, var)
 
-    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor) -> tuple[Tensor, Tensor]:
+    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor,
+                        enc_grad_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Closed-form free-energy terms of a linear decoder (eqs. 17, 20-21): the
         reconstruction ``E_q ||x - Phi h||^2`` and the KL, each ``(M, B)``, from the
         shared input ``x`` ``(B, D)``, encoder output, prior and ``Phi`` ``(M, D, K)``.
+        ``enc_grad_out`` (shaped and strided like ``enc``) is where a fused family
+        may write the gradient of ``enc`` instead of a fresh tensor (the trainer's
+        split step passes a slice of its buffer); the composition ignores it.
         Families may fuse the whole computation; the result must equal this one."""
         mean, var, kl = self.exact_terms(enc, prior)
         return self.linear_reconstruction(x, dictionary, mean, var), kl

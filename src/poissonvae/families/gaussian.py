@@ -96,9 +96,10 @@ class GaussianReluFamily(GaussianFamily):
     def moments(self, post: Posterior) -> tuple[Tensor, Tensor]:
         return relu_moments(post["mu"], post["sigma"])  # eqs. (18)-(19)
 
-    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor):
+    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor,
+                        enc_grad_out: Tensor | None = None):
         # the same values as the composition, in one fused function (families/rectified.py)
-        return RectifiedLinearFreeEnergy.apply(x, enc, prior["mu"], prior["log_sigma"], dictionary)
+        return RectifiedLinearFreeEnergy.apply(x, enc, prior["mu"], prior["log_sigma"], dictionary, enc_grad_out)
 
     def rsample(self, post, temperature, hard=False, generator=None) -> Tensor:
         return torch.relu(self._z(post, generator))

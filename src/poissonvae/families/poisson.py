@@ -65,13 +65,15 @@ def _prior_log_rate_grad(g_s_sum: Tensor, g_kl: Tensor, rate: Tensor, prior: Ten
     return g_lp * torch.sigmoid(LOG_RATE_MAX - log_prior_raw)
 
 
-def _enc_and_s_grads(g_rate: Tensor, g_kl: Tensor, rate: Tensor, p: Tensor, rate_delta: Tensor, c: Tensor):
+def _enc_and_s_grads(g_rate: Tensor, g_kl: Tensor, rate: Tensor, p: Tensor, rate_delta: Tensor, c: Tensor,
+                     out: Tensor | None = None):
     """``dF/denc = h lambda / P`` with ``h = dF/dlambda + g_kl delta`` (in place in
     ``g_rate``) and ``sum_b dF/ds = sum_b dF/denc (1 + b) = (sum_b h lambda + C sum_b
-    dF/denc) / (1 + C)`` (see :func:`_rates`): two reductions of hot data instead of a product."""
+    dF/denc) / (1 + C)`` (see :func:`_rates`): two reductions of hot data instead of a product.
+    ``out``: where to write ``dF/denc`` (default: over ``g_rate``)."""
     h_rate = g_rate.mul_(rate).addcmul_(g_kl.unsqueeze(-1), rate_delta)
     s1 = h_rate.sum(-2)
-    g_enc = h_rate.div_(p)
+    g_enc = h_rate.div_(p) if out is None else torch.div(h_rate, p, out=out)
     c = c.squeeze(-2)
     return g_enc, (s1 + c * g_enc.sum(-2)) / (1.0 + c)
 
@@ -150,7 +152,8 @@ class _PoissonLinearFreeEnergy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, enc: Tensor, log_prior_raw: Tensor, dictionary: Tensor, compiled: bool = False):
+    def forward(ctx, x: Tensor, enc: Tensor, log_prior_raw: Tensor, dictionary: Tensor, compiled: bool = False,
+                enc_grad_out: Tensor | None = None):
         M, B, D = enc.shape[0], x.shape[0], x.shape[1]
         if compiled:
             lp = softclamp_upper(log_prior_raw, LOG_RATE_MAX).unsqueeze(-2)
@@ -167,6 +170,7 @@ class _PoissonLinearFreeEnergy(torch.autograd.Function):
         recon = torch.linalg.vecdot(residual, residual) - out[..., D]
         kl = rate_delta_sum + out[..., D + 1] + prior.sum(-1)
         ctx.compiled = compiled
+        ctx.enc_grad_out = enc_grad_out
         ctx.save_for_backward(out, extended, rate, p, rate_delta, prior, c, log_prior_raw)
         return recon, kl
 
@@ -184,8 +188,12 @@ class _PoissonLinearFreeEnergy(torch.autograd.Function):
         if ctx.compiled:
             g_enc, g_s_sum = _compiled("bwd")(g_rate, g_kl, rate, p, rate_delta, c)
         else:
-            g_enc, g_s_sum = _enc_and_s_grads(g_rate, g_kl, rate, p, rate_delta, c)
-        grads = [None, None, None, None, None]
+            g_enc, g_s_sum = _enc_and_s_grads(g_rate, g_kl, rate, p, rate_delta, c, out=ctx.enc_grad_out)
+        if ctx.enc_grad_out is not None:  # the caller's buffer (see LatentFamily.exact_objective)
+            if g_enc is not ctx.enc_grad_out:
+                g_enc = ctx.enc_grad_out.copy_(g_enc)
+            ctx.enc_grad_out = None  # hand the only reference to autograd
+        grads = [None, None, None, None, None, None]
         if need_x:
             grads[0] = g_ext[..., :D].sum(0).neg_()
         if need_prior or need_dict:
@@ -260,8 +268,9 @@ class PoissonFamily(LatentFamily):
         rate, kl = _PoissonExactTerms.apply(enc, prior["log_rate"])
         return rate, rate, kl  # Poisson: mean = variance = lambda
 
-    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor):
-        return _PoissonLinearFreeEnergy.apply(x, enc, prior["log_rate"], dictionary, self.compiled)
+    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor,
+                        enc_grad_out: Tensor | None = None):
+        return _PoissonLinearFreeEnergy.apply(x, enc, prior["log_rate"], dictionary, self.compiled, enc_grad_out)
 
     def compile_kernels(self, enabled: bool = True) -> bool:
         """Run the exact objective's elementwise passes as ``torch.compile``d kernels

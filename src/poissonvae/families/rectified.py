@@ -36,7 +36,8 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, enc: Tensor, prior_mu: Tensor, prior_log_sigma: Tensor, dictionary: Tensor):
+    def forward(ctx, x: Tensor, enc: Tensor, prior_mu: Tensor, prior_log_sigma: Tensor, dictionary: Tensor,
+                enc_grad_out: Tensor | None = None):
         K = dictionary.shape[-1]
         if enc.shape[-1] != 2 * K:
             raise ValueError(f"encoder output has {enc.shape[-1]} values per sample; K = {K} needs 2 * K")
@@ -57,6 +58,7 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
         kl = kl_terms.sum(-1) + (ls0.sum(-1, keepdim=True) - 0.5 * K)
         ctx.save_for_backward(residual, enc, sigma, ls, mean, var, cdf, phi, w0, ls0, prior_log_sigma, dictionary,
                               column_norms)
+        ctx.enc_grad_out = enc_grad_out  # where to write dF/denc (see LatentFamily.exact_objective)
         return recon, kl
 
     @staticmethod
@@ -69,7 +71,8 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
         g_r, g_k = g_recon.unsqueeze(-1), g_kl.unsqueeze(-1)  # (M, B, 1)
         gr = residual * (-2.0 * g_r)  # dF/dx_hat, (M, B, D)
         g_mean = torch.bmm(gr, dictionary)  # (M, B, K)
-        g_enc = torch.empty_like(enc)
+        g_enc = torch.empty_like(enc) if ctx.enc_grad_out is None else ctx.enc_grad_out
+        ctx.enc_grad_out = None  # hand the only reference to autograd
         g_dmu, g_dv = g_enc[..., :K], g_enc[..., K:]
         # through the moments, with dF/dv = g_r c: dF/dmu = g_m cdf + 2 g_v m (1 - cdf)
         torch.mul(g_mean, cdf, out=g_dmu)
@@ -83,7 +86,7 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
         # through the guard: d ls / d dv = 1 - (ls / c)^2
         torch.mul(ls, ls, out=tmp).mul_(-1.0 / _C**2).add_(1.0)
         torch.mul(g_ls, tmp, out=g_dv)
-        grads = [None] * 5
+        grads = [None] * 6
         if need_mu0:  # mu = mu0 + dmu reaches F through the moments only (the KL sees dmu)
             grads[2] = g_dmu.sum(-2)
         # the KL's own dmu term: g_kl w0 dmu
