@@ -7,7 +7,7 @@ every K of the paper's grid, projects the cost of the ``paper`` preset (128
 models, 3000 epochs + 5 warm-up, 107,520 training patches, batch 1000) on this
 hardware, beside the authors' ~320 GPU-hours.
 
-    python benchmarks/bench_group.py [--device cpu|cuda] [--Ks 64 512] [--patches 20000]
+    python benchmarks/bench_group.py [--device cpu|cuda] [--Ks 64 512] [--patches 20000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -32,20 +32,36 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def epoch_time(family: str, K: int, betas: list[float], x: torch.Tensor, device, batch: int, epochs: int = 2) -> float:
-    """Median wall time of one epoch of a stacked group (one model when ``len(betas) == 1``)."""
+def _trainer(family: str, K: int, betas: list[float], x: torch.Tensor, device, batch: int, epochs: int) -> Trainer:
     model = LinearVAE(ModelConfig(family=family, K=K), seeds=list(range(len(betas))))
-    trainer = Trainer(model, TrainConfig(epochs=epochs + 1, warmup_epochs=0, batch_size=batch, device=str(device)),
-                      x, betas=betas)
-    trainer.train_epoch()  # warm-up (allocations, kernels)
-    _sync(device)
-    times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        trainer.train_epoch()
+    return Trainer(model, TrainConfig(epochs=epochs, warmup_epochs=0, batch_size=batch, device=str(device)),
+                   x, betas=betas)
+
+
+def group_vs_alone(family: str, K: int, betas: list[float], x: torch.Tensor, device, batch: int,
+                   rounds: int) -> tuple[float, float, float]:
+    """Median epoch time of the stacked group, of the same models one after another,
+    and the median over rounds of their ratio. Each round times one group epoch
+    and then one epoch of every model alone, so that a drift of the machine's speed
+    (a shared host) hits both sides of a round alike."""
+    group = _trainer(family, K, betas, x, device, batch, rounds + 1)
+    alone = [_trainer(family, K, [b], x, device, batch, rounds + 1) for b in betas]
+    for trainer in (group, *alone):
+        trainer.train_epoch()  # warm-up (allocations, kernels)
+    t_group, t_alone = [], []
+    for _ in range(rounds):
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        t0 = time.perf_counter()
+        group.train_epoch()
+        _sync(device)
+        t1 = time.perf_counter()
+        for trainer in alone:
+            trainer.train_epoch()
+        _sync(device)
+        t_group.append(t1 - t0)
+        t_alone.append(time.perf_counter() - t1)
+    ratio = statistics.median(a / g for a, g in zip(t_alone, t_group))
+    return statistics.median(t_group), statistics.median(t_alone), ratio
 
 
 def step_time(family: str, K: int, n_models: int, x: torch.Tensor, device, steps: int = 5) -> float:
@@ -71,6 +87,7 @@ def main() -> None:
     p.add_argument("--patches", type=int, default=20_000, help="training patches per epoch (synthetic)")
     p.add_argument("--batch", type=int, default=PAPER_BATCH, help="batch size (paper: 1000; quick preset: 250)")
     p.add_argument("--families", nargs="+", default=["poisson", "gaussian_relu"])
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (group epoch, then each model's)")
     p.add_argument("--no-projection", action="store_true")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -78,13 +95,13 @@ def main() -> None:
     print(f"device: {device} ({name}), torch {torch.__version__}, CPU threads {torch.get_num_threads()}")
     x = torch.randn(args.patches, 256, generator=torch.Generator().manual_seed(0))
     betas = PAPER_BETAS[: args.models]
-    print(f"\n{args.models} models x one epoch of {args.patches} patches (batch {args.batch})")
-    print(f"{'family':14s} {'K':>5s} {'group s':>9s} {'one-by-one s':>13s} {'speed-up':>9s}")
+    print(f"\n{args.models} models x one epoch of {args.patches} patches (batch {args.batch}), "
+          f"{args.rounds} interleaved rounds")
+    print(f"{'family':14s} {'K':>5s} {'group s':>9s} {'one-by-one s':>13s} {'speed-up (median of rounds)':>28s}")
     for family in args.families:
         for K in args.Ks:
-            group = epoch_time(family, K, betas, x, device, args.batch)
-            alone = sum(epoch_time(family, K, [b], x, device, args.batch) for b in betas)
-            print(f"{family:14s} {K:5d} {group:9.2f} {alone:13.2f} {alone / group:8.2f}x")
+            group, alone, ratio = group_vs_alone(family, K, betas, x, device, args.batch, args.rounds)
+            print(f"{family:14s} {K:5d} {group:9.2f} {alone:13.2f} {ratio:8.2f}x")
     if args.no_projection:
         return
     print(f"\nprojected cost of the paper preset ({PAPER_MODELS} models, {PAPER_EPOCHS} epochs, "
