@@ -67,9 +67,10 @@ def gaussian_kl(mu: Tensor, sigma: Tensor, prior_mu: Tensor, prior_sigma: Tensor
 
 # Mills-ratio continued fraction R(a) = Q(a) / phi(a) = 1/(a+ 1/(a+ 2/(a+ 3/(a+ ...)))), used
 # for a >= threshold; (threshold, terms) per dtype keep its truncation error below the
-# dtype's precision there (measured against mpmath: float32 t 2e-8, u 4e-7 at a = 6;
-# float64 below 1e-15 at a = 8). Below the threshold the tails come from erfc directly.
-_MILLS_CF = {torch.float32: (6.0, 8), torch.float64: (8.0, 20)}
+# dtype's precision there (measured against mpmath: float32 t 1.4e-7, u 3.7e-6 at a = 7,
+# where t ~ 1e-13 and u ~ 3e-14; float64 below 1e-15 at a = 8). Below the threshold the
+# tails come from erfc directly.
+_MILLS_CF = {torch.float32: (7.0, 6), torch.float64: (8.0, 20)}
 
 
 def relu_moment_terms(zeta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -178,8 +179,8 @@ def relu_moments(mu: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     evaluates both in units of sigma without either problem. Accuracy against
     50-digit references (``tests/test_functional.py``): float64 relative error
     below 1e-9 for ``|zeta| <= 1e4``; float32 relative error about 1e-6 for
-    ``zeta > -3`` and growing in the far left tail (3e-3 at ``zeta = -6``, where
-    ``v ~ 5e-11 sigma^2``), absolute error below 1e-7 sigma (mean) and 1e-7
+    ``zeta > -3`` and growing in the far left tail (1.3e-3 for the variance near
+    ``zeta = -7``, where ``v ~ 5e-14 sigma^2``), absolute error below 1e-7 sigma (mean) and 1e-7
     sigma^2 (variance) everywhere. Finite and non-negative for any ``zeta`` and
     ``sigma > 0`` (tested to ``|zeta| = 1e4`` and ``sigma = 1e-6``). Computed in
     the inputs' dtype, with the exact analytic gradient. Shapes broadcast.

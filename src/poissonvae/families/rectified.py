@@ -44,7 +44,8 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
         dmu, dv = enc[..., :K], enc[..., K:]
         ls0 = torch.tanh(prior_log_sigma / _C) * _C  # (M, K)
         w0 = torch.exp(ls0 * -2.0).unsqueeze(-2)  # (M, 1, K)
-        ls = torch.add(dv, ls0.unsqueeze(-2)).mul_(1.0 / _C).tanh_().mul_(_C)
+        # c tanh(y / c) = c - 2c / (1 + e^(2y/c)): in place, one exp (tanh costs ~3 exps on a CPU)
+        ls = torch.add(dv, ls0.unsqueeze(-2)).mul_(2.0 / _C).exp_().add_(1.0).reciprocal_().mul_(-2.0 * _C).add_(_C)
         sigma = torch.exp(ls)
         mean, var, cdf, phi = relu_moment_terms(torch.add(dmu, prior_mu.unsqueeze(-2)).div_(sigma))
         mean.mul_(sigma)
