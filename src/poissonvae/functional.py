@@ -124,9 +124,9 @@ def relu_moment_terms(zeta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     t.addcmul_(w, t, value=-1.0).addcmul_(w, c)
     u.addcmul_(w, u, value=-1.0).addcmul_(w, d)
     # the two signs: s = sign(zeta), pos = (1 + s) / 2 (1 above 0, 0 below)
-    sgn = w.copy_(zeta).sign_()  # w's last use was above
-    pos = sgn.add(1.0).mul_(0.5)
-    mean = torch.relu(zeta).add_(t)
+    sgn = w.copy_(zeta).sign_()  # w, d and c had their last uses above
+    pos = torch.add(sgn, 1.0, out=d).mul_(0.5)
+    mean = torch.clamp(zeta, min=0.0, out=c).add_(t)  # relu(zeta) + t
     # variance: u - t^2 + pos (1 - 2 u - 2 a t)
     extra = a.mul_(t).mul_(-2.0).add_(1.0).sub_(u, alpha=2.0).mul_(pos)
     var = u.addcmul_(t, t, value=-1.0).add_(extra).clamp_(min=0.0)
