@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -23,13 +24,14 @@ x = torch.randn(1200, 256, generator=torch.Generator().manual_seed(0))
 trainer = Trainer(LinearVAE(ModelConfig(family="gaussian_relu", K=512), seeds=[0, 1]),
                   TrainConfig(epochs=1, warmup_epochs=0, batch_size=600), x, betas=[0.5, 1.0])
 batch = trainer.train[:600]
-for _ in range(2):
+for _ in range(5):  # the heap reaches its peak within three steps (first ones fault ~10k, 3k, 1k pages)
     trainer.train_step(batch)
-f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+faults = []
+for _ in range(12):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     trainer.train_step(batch)
-print(json.dumps({"applied": retain_freed_memory(),
-                  "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 4}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+print(json.dumps({"applied": retain_freed_memory(), "faults": faults}))
 """
 
 
@@ -44,8 +46,12 @@ def test_training_steps_stop_refaulting_their_memory():
     default, retained = _faults("0"), _faults("1")
     assert not default["applied"] and retained["applied"]
     # the default allocator hands the step's tensors back to the OS and faults them in again
-    assert default["faults"] > 500
-    assert retained["faults"] < 0.25 * default["faults"], (default, retained)
+    # (erratically: 0 to 8k pages a step); retained memory is reused, so a typical step faults
+    # ~0 pages (the odd step still grows the heap once fragmentation moves its peak)
+    mean_default = statistics.mean(default["faults"])
+    assert mean_default > 300, default
+    assert statistics.median(retained["faults"]) < 0.05 * mean_default, (default, retained)
+    assert statistics.mean(retained["faults"]) < 0.5 * mean_default, (default, retained)
 
 
 def test_retain_freed_memory_is_idempotent():
