@@ -45,6 +45,7 @@ from poissonvae.sparse_coding import infer, learn_dictionary, lipschitz, objecti
 # that neither side is charged for a coarse ladder.
 OURS_LADDER = [*range(2, 31), 35, 40, 50, 60, 75, 100, 150, 200, 300, 500, 1000]
 SKLEARN_LADDER = [1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 100, 300, 1000]
+LABELS = {"tau": "L/1.8", "compile": "True"}  # how the extra settings of our methods are named
 
 
 def get_dictionary(kind: str, x_train: np.ndarray, K: int, cache_dir: Path) -> torch.Tensor:
@@ -101,9 +102,9 @@ def build_methods(x64: torch.Tensor, phi: torch.Tensor, pen: float) -> dict[str,
     tau = lipschitz(phi) / 1.8
     for dtype in (torch.float64, torch.float32):
         xd, pd_, tag = x64.to(dtype), phi.to(dtype), "f64" if dtype == torch.float64 else "f32"
-        for label, method, extra in (("FISTA", "fista", {}), ("LCA", "lca", {}),
-                                     ("LCA", "lca", {"tau": tau}), ("ISTA", "ista", {})):
-            name = f"{label} {tag}" + (" tau=L/1.8" if extra else "")
+        for label, method, extra in (("FISTA", "fista", {}), ("FISTA", "fista", {"compile": True}),
+                                     ("LCA", "lca", {}), ("LCA", "lca", {"tau": tau}), ("ISTA", "ista", {})):
+            name = f"{label} {tag}" + "".join(f" {k}={LABELS[k]}" for k in extra)
             methods[name] = (lambda s, xd=xd, pd_=pd_, method=method, extra=extra: infer(
                 xd, pd_, pen, method, max_iter=s, tol=0.0, **extra), OURS_LADDER)
     return methods

@@ -7,6 +7,7 @@ with a 1/2), which is scikit-learn's Lasso with alpha = penalty / D.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -287,29 +288,29 @@ def test_dictionary_from_weights(tmp_path):
         dictionary_from_weights(tmp_path / "w.safetensors", index=2)
 
 
-# --- fast paths (solvers.py): sparse products, in-place thresholds -------------------------
+# --- fast paths (products.py, solvers.py): sparse products, in-place thresholds -------------------------
 
 
 @pytest.mark.parametrize("shape", [(64, 96), (16, 48)], ids=["gram-form", "factored-form"])
 @pytest.mark.parametrize("method", SOLVERS)
 def test_sparse_and_dense_products_give_the_same_codes(monkeypatch, method, shape):
     """The CSR product (used while few codes are non-zero) only reorders sums."""
-    from poissonvae.sparse_coding import solvers
+    from poissonvae.sparse_coding import products
 
     D, K = shape
     x, phi = lasso_problem(D=D, K=K, B=32)
     layouts = []
-    real = solvers._csr_rows
+    real = products.csr_rows
 
     def spy(z):
         packed = real(z)
         layouts.append(None if packed is None else packed.layout)
         return packed
 
-    monkeypatch.setattr(solvers, "_csr_rows", spy)
+    monkeypatch.setattr(products, "csr_rows", spy)
     runs = {}
     for below in (0.0, 1.01):  # never / always sparse
-        monkeypatch.setitem(solvers.SPARSE_BELOW, torch.float64, below)
+        monkeypatch.setitem(products.SPARSE_BELOW, torch.float64, below)
         layouts.clear()
         for nonnegative in (False, True):
             runs[below, nonnegative] = infer(x, phi, 0.5, method=method, nonnegative=nonnegative, max_iter=300,
@@ -351,3 +352,76 @@ def test_learn_dictionary_reports_every_epoch():
     seen = []
     _, history = learn_dictionary(x.float(), 8, 0.1, epochs=3, batch_size=100, on_epoch=seen.append)
     assert seen == history and [h["epoch"] for h in seen] == [1.0, 2.0, 3.0]
+
+
+# --- FISTA's backtracking and gradient-space momentum (fista.py) ----------------------------
+
+
+def _direct_f(x, phi, z):
+    """f(z) = 1/2 ||x - Phi z||^2 evaluated through Phi, not through gradients."""
+    return 0.5 * ((x - z @ phi.T) ** 2).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (16, 48)], ids=["gram-form", "factored-form"])
+def test_gradient_and_acceptance_test_match_direct_computations(shape):
+    """accept()'s test is f(z') <= f(y) + <grad f(y), z' - y> + |z' - y|^2 / (2s) with f
+    computed directly; its extrapolated gradient is the gradient at the extrapolated point."""
+    from poissonvae.sparse_coding.fista import accept, propose
+    from poissonvae.sparse_coding.products import Gradient
+
+    D, K = shape
+    x, phi = lasso_problem(D=D, K=K, B=64, seed=4)
+    g = torch.Generator().manual_seed(5)
+    gradient = Gradient(x, phi)
+    z = torch.randn(64, K, generator=g, dtype=torch.float64) * (torch.rand(64, K, generator=g) < 0.2)
+    y = z + 0.3 * torch.randn(64, K, generator=g, dtype=torch.float64)
+    grad_z, grad_y = gradient(z), gradient(y)
+    # the gradient against autograd of the directly computed f
+    y_req = y.clone().requires_grad_(True)
+    _direct_f(x, phi, y_req).sum().backward()
+    torch.testing.assert_close(grad_y, y_req.grad, rtol=1e-10, atol=1e-10)
+    lip = float(torch.linalg.eigvalsh(phi.T @ phi)[-1])
+    step = torch.logspace(-1, 1, 64, dtype=torch.float64).unsqueeze(-1) / lip  # 0.1/L .. 10/L
+    z_new = propose(y, grad_y, step, 0.2 * step, nonnegative=False)
+    grad_new = gradient(z_new)
+    ok, y_next, grad_y_next, _ = accept(z_new, grad_new, z, grad_z, y, grad_y, step, torch.ones(64, 1).double())
+    d = z_new - y
+    model = _direct_f(x, phi, y) + (grad_y * d).sum(-1, keepdim=True) + (d * d).sum(-1, keepdim=True) / (2 * step)
+    assert torch.equal(ok, _direct_f(x, phi, z_new) <= model + 1e-9)
+    assert ok[step <= 1 / lip].all() and not ok.all()  # 1/L always passes; 10/L does not
+    torch.testing.assert_close(grad_y_next, gradient(y_next), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_backtracking_fista_needs_fewer_iterations_and_never_raises_its_step(nonnegative):
+    """On a 2x overcomplete dictionary with sparse optima the per-sample steps stay above
+    1/L: at equal iterations backtracking is closer to the optimum, and it still reaches
+    the minimiser; every sample's step is 2/L or 1/L."""
+    x, phi = lasso_problem(D=32, K=64, B=64, seed=6)
+    penalty = 1.0
+    best = objective(x, phi, infer(x, phi, penalty, nonnegative=nonnegative, max_iter=20000, tol=1e-13), penalty)
+    lip = float(torch.linalg.eigvalsh(phi.T @ phi)[-1])
+    for n in (5, 10, 20):
+        gap_bt = objective(x, phi, infer(x, phi, penalty, nonnegative=nonnegative, max_iter=n, tol=0.0), penalty) - best
+        gap_fixed = objective(x, phi, infer(x, phi, penalty, nonnegative=nonnegative, max_iter=n, tol=0.0,
+                                            step=1 / lip), penalty) - best
+        assert gap_bt.mean() < gap_fixed.mean()
+    # reaches scikit-learn's minimiser
+    z = infer(x[:8], phi, penalty, nonnegative=nonnegative, max_iter=20000, tol=1e-12)
+    torch.testing.assert_close(z, sklearn_codes(x[:8], phi, penalty, nonnegative), rtol=0, atol=1e-6)
+
+
+def test_compiled_fista_kernels_give_the_eager_codes():
+    """compile=True runs the same propose/accept math as torch.compile'd kernels (opt-in)."""
+    x, phi = lasso_problem(D=32, K=64, B=50, seed=7)
+    for nonnegative in (False, True):
+        eager = infer(x, phi, 0.5, nonnegative=nonnegative, max_iter=40, tol=0.0)
+        try:
+            with warnings.catch_warnings():  # torch's compiler stack warns about its own deprecations
+                warnings.simplefilter("ignore")
+                fused = infer(x, phi, 0.5, nonnegative=nonnegative, max_iter=40, tol=0.0, compile=True)
+        except Exception as e:  # no C++ compiler / unsupported platform: the feature is opt-in
+            pytest.skip(f"torch.compile is not usable here: {type(e).__name__}: {str(e)[:200]}")
+        torch.testing.assert_close(fused, eager, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="compile=True fuses FISTA"):
+        infer(x, phi, 0.5, method="lca", compile=True)

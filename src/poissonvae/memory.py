@@ -16,8 +16,9 @@ page faults and median step time, 2-core development machine):
     =======================  ==============  =============
 
 Raising them keeps up to the peak of freed memory mapped (a training process
-reuses it at once). It is process-wide, so the trainer applies it on the CPU
-only, once; ``POISSONVAE_RETAIN_MEMORY=0`` turns it off.
+reuses it at once). It is process-wide, so the trainer and the sparse-coding
+solvers apply it on the CPU only, once; ``POISSONVAE_RETAIN_MEMORY=0`` turns it
+off.
 """
 
 from __future__ import annotations
