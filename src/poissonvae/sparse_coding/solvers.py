@@ -7,7 +7,7 @@ eq. (1) with a 1/2 (see :mod:`.core`):
 
 Shapes: ``x`` ``(B, D)``, ``dictionary`` ``(D, K)``, returned codes ``(B, K)``.
 They run on ``x``'s device in ``x``'s dtype, without autograd. FISTA, with its
-per-sample backtracking, lives in :mod:`.fista`; ISTA and LCA are here.
+per-sample backtracking, lives in :mod:`.fista_solver`; ISTA and LCA are here.
 
 Stopping rule (all methods, :func:`.core.iterate`): every ``CHECK_EVERY``
 iterations, stop when ``max_b ||w_t - w_{t-1}|| / max(||w_{t-1}||, eps) < tol``
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .core import METHODS, InferInfo, check_step, iterate, lipschitz, no_tau, start_codes, validate
-from .fista import fista
+from .fista_solver import fista
 from .products import GradientStep
 
 
@@ -142,7 +142,7 @@ def infer(x: Tensor, dictionary: Tensor, penalty: float, method: str = "fista", 
     threshold (module docstring); ``step``/``tau`` see :func:`ista`,
     :func:`fista`, :func:`lca`; ``z0`` ``(B, K)`` warm-starts. With
     ``return_info`` returns ``(codes, InferInfo)``. ``compile`` (FISTA only)
-    fuses its elementwise work with ``torch.compile`` (see :mod:`.fista`).
+    fuses its elementwise work with ``torch.compile`` (see :mod:`.fista_solver`).
     Raises ``ValueError`` on bad input (shapes, NaN, negative penalty, unknown
     method, ``compile`` with another method)."""
     if method not in _SOLVERS:
