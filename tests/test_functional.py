@@ -90,9 +90,13 @@ def _relu_terms_reference(zeta):
     return [float(m), float((z * z + 1) * cdf + z * pdf - m * m), float(cdf), float(pdf)]
 
 
-def test_relu_moment_terms_match_50_digit_arithmetic_across_both_regimes():
+@pytest.mark.parametrize("indexed_below", [1.0, 0.0], ids=["indexed", "blended"])
+def test_relu_moment_terms_match_50_digit_arithmetic_across_both_regimes(monkeypatch, indexed_below):
     """Mean, variance, Phi and phi of relu(N(zeta, 1)), on a grid that crosses the
-    erfc / continued-fraction switch (|zeta| = 7 in float32, 8 in float64) and both signs."""
+    erfc / continued-fraction switch (|zeta| = 7 in float32, 8 in float64) and both signs,
+    with the continued fraction on the far entries alone (the CPU's path for training
+    batches) and blended over all of them."""
+    monkeypatch.setattr(F, "INDEXED_BELOW", indexed_below)
     edges = [s * (e + d) for s in (-1, 1) for e in (7.0, 8.0) for d in (-1e-3, 0.0, 1e-3)]
     zetas = sorted(set(np.linspace(-14, 14, 113).tolist() + edges + [-1e4, -40.0, -35.0, -20.0, 20.0, 40.0, 1e4]))
     ref = torch.tensor([_relu_terms_reference(z) for z in zetas], dtype=torch.float64)
@@ -105,6 +109,12 @@ def test_relu_moment_terms_match_50_digit_arithmetic_across_both_regimes():
     assert ((got32 - ref).abs() / ref.abs())[normal].max() < 2e-5
     assert ((got32 - ref).abs() <= 1e-6 * (1 + z.abs().unsqueeze(-1))).all()  # and small absolute error anywhere
     assert (got32[:, :2] >= 0).all()
+    # where a^2 overflows (float32 above ~1.8e19) the erfc regime would give inf * 0
+    huge = torch.tensor([-1e30, -3e19, 3e19, 1e30])
+    mean, var, cdf, pdf = F.relu_moment_terms(huge)
+    torch.testing.assert_close(mean, huge.clamp(min=0))
+    torch.testing.assert_close(torch.stack([var, pdf]), torch.tensor([[0.0, 0, 1, 1], [0, 0, 0, 0]]))
+    torch.testing.assert_close(cdf, torch.tensor([0.0, 0, 1, 1]))
 
 
 def test_relu_moments_gradient_matches_finite_differences():

@@ -71,6 +71,34 @@ def gaussian_kl(mu: Tensor, sigma: Tensor, prior_mu: Tensor, prior_sigma: Tensor
 # where t ~ 1e-13 and u ~ 3e-14; float64 below 1e-15 at a = 8). Below the threshold the
 # tails come from erfc directly.
 _MILLS_CF = {torch.float32: (7.0, 6), torch.float64: (8.0, 20)}
+# Largest fraction of entries above that threshold for which relu_moment_terms runs the
+# continued fraction on them alone (CPU). Measured (512,000 float32 values, 2 threads,
+# ms, indexed against blended): 2.5 / 3.2 at 0.05% far entries (a training batch:
+# 0.05-0.7%), 2.7 / 4.0 at 2%, 3.1 / 4.2 at 8%, 4.4 / 5.0 at 14%.
+INDEXED_BELOW = 0.15
+
+
+def _erfc_tails(a: Tensor, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``q = Phi(-a)``, ``t = phi - a q``, ``u = (a^2 + 1) q - a phi`` from ``erfc``
+    (accurate below the threshold of ``_MILLS_CF``); fresh tensors."""
+    q = torch.mul(a, 1.0 / math.sqrt(2.0)).erfc_().mul_(0.5)
+    t = torch.addcmul(phi, a, q, value=-1.0)
+    u = torch.mul(a, a).add_(1.0).mul_(q).addcmul_(a, phi, value=-1.0)
+    return q, t, u
+
+
+def _mills_tails(a: Tensor, phi: Tensor, terms: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The same ``q, t, u`` from the Mills-ratio continued fraction (``a`` at or
+    above the threshold): ``R = 1 / (a + c)``, ``c = 1 / (a + d)``, ``d = 2 / (a +
+    ...)`` give ``q = phi R``, ``t = phi c R``, ``u = phi d c R`` exactly."""
+    d = torch.reciprocal(a).mul_(float(terms))
+    for k in range(terms - 1, 1, -1):
+        d.add_(a).reciprocal_().mul_(float(k))
+    c = torch.add(a, d).reciprocal_()
+    r = torch.add(a, c).reciprocal_().mul_(phi)  # phi R = q
+    c.mul_(r)  # phi c R = t
+    d.mul_(c)  # phi d c R = u
+    return r, c, d
 
 
 def relu_moment_terms(zeta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -92,41 +120,44 @@ def relu_moment_terms(zeta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ``R = 1 / (a + c)``, ``c = 1 / (a + d)``, ``d = 2 / (a + ...)``, where
     ``t = phi c R`` and ``u = phi d c R`` hold exactly, so no cancellation.
 
-    Everything is arithmetic on float tensors: boolean masks and ``torch.where``
-    cost ~20 multiplies each on a CPU, and ``torch.special.erfcx`` is not
-    vectorised there (~12 us per 1000 values, 10x ``erfc``), so the two regimes
-    and the two signs are blended with 0/1 weights from ``sign``. At a regime
-    or sign boundary the weight is 1/2 and both sides agree to the precision above.
+    On a CPU, while at most ``INDEXED_BELOW`` of the entries lie above the
+    threshold (in training, 0.05-0.7% of them), the continued fraction runs
+    only on those, gathered by index: the ~30 passes of the fraction over the
+    whole tensor are skipped. Otherwise, and on other devices (where the count
+    would cost a host sync), both regimes run everywhere and are blended with 0/1 weights from ``sign`` (exact when the weight is 0 or 1; 1/2
+    on the threshold itself, where both agree to the precision above).
+    ``torch.special.erfcx`` is avoided: it is not vectorised on a CPU (~10x ``erfc``).
     """
     threshold, terms = _MILLS_CF.get(zeta.dtype, _MILLS_CF[torch.float64])
-    a = zeta.abs()
+    a = zeta.abs().contiguous()  # q, t, u follow its layout; the CPU path indexes them flat
     # Fresh buffers are written once and then updated in place: on a CPU an
     # out-of-place op into cold memory costs ~3 in-place ones.
     phi = torch.mul(a, a).mul_(-0.5).exp_().mul_(1.0 / _SQRT_2PI)
-    # regime A: from erfc, at lo = min(a, threshold) (finite everywhere; weighted out above)
-    lo = a.clamp(max=threshold)
-    q = torch.mul(lo, 1.0 / math.sqrt(2.0)).erfc_().mul_(0.5)
-    t = torch.addcmul(phi, lo, q, value=-1.0)
-    u = torch.mul(lo, lo).add_(1.0).mul_(q).addcmul_(lo, phi, value=-1.0)
-    # regime B: the continued fraction at hi = max(a, threshold); weight w = 1 above
-    # the threshold, 0 below (1/2 on it), applied as (1 - w) A + w B, which is exact
-    # when w is 0 or 1 whatever the sizes of A and B
-    hi = lo.copy_(a).clamp_(min=threshold)  # lo's last use was above
-    w = torch.sub(a, threshold).sign_().add_(1.0).mul_(0.5)
-    d = torch.reciprocal(hi).mul_(float(terms))
-    for k in range(terms - 1, 1, -1):
-        d.add_(hi).reciprocal_().mul_(float(k))
-    c = torch.add(hi, d).reciprocal_()
-    r = hi.add_(c).reciprocal_().mul_(phi)  # phi R = q
-    c.mul_(r)  # phi c R = t
-    d.mul_(c)  # phi d c R = u
-    q.addcmul_(w, q, value=-1.0).addcmul_(w, r)
-    t.addcmul_(w, t, value=-1.0).addcmul_(w, c)
-    u.addcmul_(w, u, value=-1.0).addcmul_(w, d)
+    far, indexed = None, False
+    if zeta.device.type == "cpu":
+        far = torch.nonzero(a.view(-1) > threshold).squeeze(1)
+        indexed = far.numel() <= INDEXED_BELOW * a.numel()
+    if indexed:
+        # regime A everywhere from erfc (entries above the threshold, where it
+        # loses precision or overflows to inf * 0, are overwritten below)
+        q, t, u = _erfc_tails(a, phi)
+        if far.numel():
+            for full, part in zip((q, t, u), _mills_tails(a.view(-1)[far], phi.view(-1)[far], terms)):
+                full.view(-1).index_copy_(0, far, part)
+    else:
+        # regime A at lo = min(a, threshold) (finite everywhere; weighted out above),
+        # regime B at hi = max(a, threshold); weight w = 1 above the threshold, 0
+        # below (1/2 on it), applied as (1 - w) A + w B
+        q, t, u = _erfc_tails(a.clamp(max=threshold), phi)
+        w = torch.sub(a, threshold).sign_().add_(1.0).mul_(0.5)
+        r, c, d = _mills_tails(a.clamp(min=threshold), phi, terms)
+        q.addcmul_(w, q, value=-1.0).addcmul_(w, r)
+        t.addcmul_(w, t, value=-1.0).addcmul_(w, c)
+        u.addcmul_(w, u, value=-1.0).addcmul_(w, d)
     # the two signs: s = sign(zeta), pos = (1 + s) / 2 (1 above 0, 0 below)
-    sgn = w.copy_(zeta).sign_()  # w, d and c had their last uses above
-    pos = torch.add(sgn, 1.0, out=d).mul_(0.5)
-    mean = torch.clamp(zeta, min=0.0, out=c).add_(t)  # relu(zeta) + t
+    sgn = torch.sign(zeta)
+    pos = torch.add(sgn, 1.0).mul_(0.5)
+    mean = torch.clamp(zeta, min=0.0).add_(t)  # relu(zeta) + t
     # variance: u - t^2 + pos (1 - 2 u - 2 a t)
     extra = a.mul_(t).mul_(-2.0).add_(1.0).sub_(u, alpha=2.0).mul_(pos)
     var = u.addcmul_(t, t, value=-1.0).add_(extra).clamp_(min=0.0)
