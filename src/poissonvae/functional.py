@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def softclamp_upper(x: Tensor, limit: float) -> Tensor:
@@ -83,7 +84,7 @@ def _erfc_tails(a: Tensor, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     (accurate below the threshold of ``_MILLS_CF``); fresh tensors."""
     q = torch.mul(a, 1.0 / math.sqrt(2.0)).erfc_().mul_(0.5)
     t = torch.addcmul(phi, a, q, value=-1.0)
-    u = torch.mul(a, a).add_(1.0).mul_(q).addcmul_(a, phi, value=-1.0)
+    u = torch.addcmul(a.new_ones(()), a, a).mul_(q).addcmul_(a, phi, value=-1.0)
     return q, t, u
 
 
@@ -129,21 +130,21 @@ def relu_moment_terms(zeta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ``torch.special.erfcx`` is avoided: it is not vectorised on a CPU (~10x ``erfc``).
     """
     threshold, terms = _MILLS_CF.get(zeta.dtype, _MILLS_CF[torch.float64])
-    a = zeta.abs().contiguous()  # q, t, u follow its layout; the CPU path indexes them flat
+    a = zeta.abs()
     # Fresh buffers are written once and then updated in place: on a CPU an
     # out-of-place op into cold memory costs ~3 in-place ones.
-    phi = torch.mul(a, a).mul_(-0.5).exp_().mul_(1.0 / _SQRT_2PI)
+    phi = torch.addcmul(zeta.new_full((), -_LOG_SQRT_2PI), a, a, value=-0.5).exp_()  # e^(-a^2/2) / sqrt(2 pi)
     far, indexed = None, False
     if zeta.device.type == "cpu":
-        far = torch.nonzero(a.view(-1) > threshold).squeeze(1)
-        indexed = far.numel() <= INDEXED_BELOW * a.numel()
+        far = torch.nonzero(a > threshold, as_tuple=True)
+        indexed = far[0].numel() <= INDEXED_BELOW * a.numel()
     if indexed:
         # regime A everywhere from erfc (entries above the threshold, where it
         # loses precision or overflows to inf * 0, are overwritten below)
         q, t, u = _erfc_tails(a, phi)
-        if far.numel():
-            for full, part in zip((q, t, u), _mills_tails(a.view(-1)[far], phi.view(-1)[far], terms)):
-                full.view(-1).index_copy_(0, far, part)
+        if far[0].numel():
+            for full, part in zip((q, t, u), _mills_tails(a[far], phi[far], terms)):
+                full.index_put_(far, part)
     else:
         # regime A at lo = min(a, threshold) (finite everywhere; weighted out above),
         # regime B at hi = max(a, threshold); weight w = 1 above the threshold, 0
@@ -154,14 +155,15 @@ def relu_moment_terms(zeta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         q.addcmul_(w, q, value=-1.0).addcmul_(w, r)
         t.addcmul_(w, t, value=-1.0).addcmul_(w, c)
         u.addcmul_(w, u, value=-1.0).addcmul_(w, d)
-    # the two signs: s = sign(zeta), pos = (1 + s) / 2 (1 above 0, 0 below)
-    sgn = torch.sign(zeta)
-    pos = torch.add(sgn, 1.0).mul_(0.5)
+    # the two signs: s = +-1 the sign of zeta (+1 at +0), pos = max(s, 0) (1 above 0,
+    # 0 below); at zeta = 0 either side gives the same values
+    sgn = torch.copysign(zeta.new_ones(()), zeta)
+    pos = torch.clamp(sgn, min=0.0)
     mean = torch.clamp(zeta, min=0.0).add_(t)  # relu(zeta) + t
     # variance: u - t^2 + pos (1 - 2 u - 2 a t)
-    extra = a.mul_(t).mul_(-2.0).add_(1.0).sub_(u, alpha=2.0).mul_(pos)
+    extra = torch.addcmul(zeta.new_ones(()), a, t, value=-2.0).sub_(u, alpha=2.0).mul_(pos)
     var = u.addcmul_(t, t, value=-1.0).add_(extra).clamp_(min=0.0)
-    cdf = q.mul_(sgn).neg_().add_(pos)  # q + pos (1 - 2 q) = pos - s q: exactly q below 0
+    cdf = torch.addcmul(pos, sgn, q, value=-1.0)  # pos - s q: q below 0, 1 - q above
     return mean, var, cdf, phi
 
 
