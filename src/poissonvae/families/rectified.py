@@ -44,27 +44,30 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
         dmu, dv = enc[..., :K], enc[..., K:]
         ls0 = torch.tanh(prior_log_sigma / _C) * _C  # (M, K)
         w0 = torch.exp(ls0 * -2.0).unsqueeze(-2)  # (M, 1, K)
-        # c tanh(y / c) = c - 2c / (1 + e^(2y/c)): in place, one exp (tanh costs ~3 exps on a CPU)
-        ls = torch.add(dv, ls0.unsqueeze(-2)).mul_(2.0 / _C).exp_().add_(1.0).reciprocal_().mul_(-2.0 * _C).add_(_C)
+        # c tanh(y / c) = c - 2c sigmoid(-2y / c), y = ls0 + dv: three passes (tanh costs ~3 exps on a CPU)
+        ls = torch.add(ls0.unsqueeze(-2) * (-2.0 / _C), dv, alpha=-2.0 / _C).sigmoid_()
+        ls = torch.add(ls.new_full((), _C), ls, alpha=-2.0 * _C, out=ls)
         sigma = torch.exp(ls)
+        sigma2 = torch.mul(sigma, sigma)  # used four times below
         mean, var, cdf, phi = relu_moment_terms(torch.add(dmu, prior_mu.unsqueeze(-2)).div_(sigma))
         mean.mul_(sigma)
-        var.mul_(sigma).mul_(sigma)
+        var.mul_(sigma2)
         M, B = enc.shape[0], x.shape[0]
         residual = torch.baddbmm(x.expand(M, *x.shape), mean, dictionary.transpose(-1, -2), alpha=-1.0)
         column_norms = (dictionary * dictionary).sum(-2, keepdim=True)  # (M, 1, K)
         recon = torch.linalg.vecdot(residual, residual) + torch.bmm(var, column_norms.transpose(-1, -2)).squeeze(-1)
         # KL: 1/2 w0 (dmu^2 + sigma^2) - ls, summed, + sum ls0 - K/2
-        kl_terms = torch.mul(dmu, dmu).addcmul_(sigma, sigma).mul_(0.5 * w0).sub_(ls)
+        spread = torch.addcmul(sigma2, dmu, dmu)  # dmu^2 + sigma^2, kept for the prior's gradient
+        kl_terms = torch.mul(spread, 0.5 * w0).sub_(ls)
         kl = kl_terms.sum(-1) + (ls0.sum(-1, keepdim=True) - 0.5 * K)
-        ctx.save_for_backward(residual, enc, sigma, ls, mean, var, cdf, phi, w0, ls0, prior_log_sigma, dictionary,
-                              column_norms)
+        ctx.save_for_backward(residual, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0,
+                              prior_log_sigma, dictionary, column_norms)
         ctx.enc_grad_out = enc_grad_out  # where to write dF/denc (see LatentFamily.exact_objective)
         return recon, kl
 
     @staticmethod
     def backward(ctx, g_recon: Tensor, g_kl: Tensor):
-        (residual, enc, sigma, ls, mean, var, cdf, phi, w0, ls0, prior_log_sigma, dictionary,
+        (residual, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0, prior_log_sigma, dictionary,
          column_norms) = ctx.saved_tensors
         need_x, need_enc, need_mu0, need_ls0, need_dict = ctx.needs_input_grad[:5]
         K = dictionary.shape[-1]
@@ -82,10 +85,10 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
         # dF/dsigma = g_m phi + 2 g_v (sigma cdf - m phi); then dF/dls = sigma dF/dsigma + g_kl (w0 sigma^2 - 1)
         torch.mul(sigma, cdf, out=tmp).addcmul_(mean, phi, value=-1.0).mul_(column_norms)
         g_ls = g_mean.mul_(phi).addcmul_(tmp, g_r, value=2.0).mul_(sigma)
-        torch.mul(sigma, sigma, out=tmp).mul_(w0).sub_(1.0)
+        torch.mul(sigma2, w0, out=tmp).sub_(1.0)
         g_ls.addcmul_(tmp, g_k)
         # through the guard: d ls / d dv = 1 - (ls / c)^2
-        torch.mul(ls, ls, out=tmp).mul_(-1.0 / _C**2).add_(1.0)
+        torch.addcmul(ls.new_ones(()), ls, ls, value=-1.0 / _C**2, out=tmp)
         torch.mul(g_ls, tmp, out=g_dv)
         grads = [None] * 6
         if need_mu0:  # mu = mu0 + dmu reaches F through the moments only (the KL sees dmu)
@@ -98,8 +101,7 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
         if need_enc:
             grads[1] = g_enc
         if need_ls0:
-            torch.mul(dmu, dmu, out=tmp).addcmul_(sigma, sigma)
-            kl_spread = torch.bmm(g_kl.unsqueeze(-2), tmp).squeeze(-2)  # sum_b g_kl (dmu^2 + sigma^2)
+            kl_spread = torch.bmm(g_kl.unsqueeze(-2), spread).squeeze(-2)  # sum_b g_kl (dmu^2 + sigma^2)
             g_ls0 = g_dv.sum(-2) + g_kl.sum(-1, keepdim=True) - w0.squeeze(-2) * kl_spread
             grads[3] = g_ls0 * (1.0 - (ls0 / _C) ** 2)
         if need_dict:
