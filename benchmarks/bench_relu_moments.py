@@ -9,8 +9,8 @@ Cases are interleaved round by round; medians are printed.
 
 Inputs: ``--spread wide`` (default) draws mu ~ N(0, 4) and sigma ~ U(0.1, 1.1),
 so 14% of |mu / sigma| lie above 7, where ours switches to the continued
-fraction; ``--spread training`` draws sigma ~ U(0.5, 1.5), 0.06% above 7, as
-in a G_relu-VAE's training batches (0.05-0.7% measured).
+fraction; ``--spread training`` draws sigma ~ U(0.5, 1.5), 0.9% above 7, about
+as in a G_relu-VAE's training batches (0.05-0.7% measured).
 
     PYTHONPATH=src python benchmarks/bench_relu_moments.py [--shape 1000 512] [--rounds 25] [--spread wide|training]
 """
