@@ -127,7 +127,8 @@ def fista(x: Tensor, dictionary: Tensor, penalty: float, nonnegative: bool = Fal
         grad_new = gradient(z_new)
         ok, y, grad_y, t = accept_fn(z_new, grad_new, s["z"], s["grad_z"], s["y"], s["grad_y"], step_t, s["t"])
         if backtrack:
-            retry = torch.nonzero((~ok & (step_t > smallest)).squeeze(-1)).squeeze(-1)
+            # samples still at the trial step (halfway between it and 1/L: immune to rounding 1/L in float32)
+            retry = torch.nonzero((~ok & (step_t > 0.5 * (first + smallest))).squeeze(-1)).squeeze(-1)
             if retry.numel():  # these samples' trial step failed: redo their iteration at 1/L
                 step_t[retry] = smallest
                 threshold = step_t * penalty
