@@ -431,3 +431,19 @@ def test_compiled_fista_kernels_give_the_eager_codes():
         torch.testing.assert_close(fused, eager, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="compile=True fuses FISTA"):
         infer(x, phi, 0.5, method="lca", compile=True)
+
+
+@pytest.mark.parametrize("method", SOLVERS)
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_warm_start_reaches_the_same_minimiser(method, nonnegative):
+    """z0 (e.g. the previous batch's codes in dictionary learning) only moves the start:
+    from the minimiser the codes stay put, from elsewhere they reach scikit-learn's."""
+    x, phi = lasso_problem(seed=8)
+    penalty = 0.5
+    best = sklearn_codes(x, phi, penalty, nonnegative)
+    still = infer(x, phi, penalty, method=method, nonnegative=nonnegative, max_iter=5, tol=0.0, z0=best)
+    torch.testing.assert_close(still, best, rtol=0, atol=1e-6)
+    g = torch.Generator().manual_seed(9)
+    start = torch.randn(best.shape, generator=g, dtype=torch.float64)
+    far = infer(x, phi, penalty, method=method, nonnegative=nonnegative, max_iter=50000, tol=1e-12, z0=start)
+    torch.testing.assert_close(far, best, rtol=0, atol=1e-6)
