@@ -52,7 +52,7 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
         mean, var, cdf, phi = relu_moment_terms(torch.add(dmu, prior_mu.unsqueeze(-2)).div_(sigma))
         mean.mul_(sigma)
         var.mul_(sigma2)
-        M, B = enc.shape[0], x.shape[0]
+        M = enc.shape[0]
         residual = torch.baddbmm(x.expand(M, *x.shape), mean, dictionary.transpose(-1, -2), alpha=-1.0)
         column_norms = (dictionary * dictionary).sum(-2, keepdim=True)  # (M, 1, K)
         recon = torch.linalg.vecdot(residual, residual) + torch.bmm(var, column_norms.transpose(-1, -2)).squeeze(-1)
