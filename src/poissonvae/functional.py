@@ -25,7 +25,6 @@ __all__ = [
     "softclamp_upper",
 ]
 
-_SQRT_2PI = math.sqrt(2.0 * math.pi)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 

@@ -56,12 +56,16 @@ def soft_threshold(v: Tensor, threshold: float, nonnegative: bool = False) -> Te
     return torch.nn.functional.softshrink(v, threshold)  # one fused pass
 
 
-def lipschitz(dictionary: Tensor) -> float:
+def lipschitz(dictionary: Tensor, gram: Tensor | None = None) -> float:
     """Largest eigenvalue ``L`` of ``Phi^T Phi``: the Lipschitz constant of the
     gradient of ``1/2 ||x - Phi z||^2``. Computed on the smaller of the two Gram
-    matrices (``Phi^T Phi`` and ``Phi Phi^T`` share their non-zero eigenvalues)."""
+    matrices (``Phi^T Phi`` and ``Phi Phi^T`` share their non-zero eigenvalues);
+    ``gram``: ``Phi^T Phi`` when the caller has formed it already (used if K <= D)."""
     d, k = dictionary.shape
-    gram = dictionary.T @ dictionary if k <= d else dictionary @ dictionary.T
+    if k <= d:
+        gram = dictionary.T @ dictionary if gram is None else gram
+    else:
+        gram = dictionary @ dictionary.T
     return float(torch.linalg.eigvalsh(gram)[-1])
 
 

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .core import InferInfo, check_step, iterate, lipschitz, no_tau, start_codes, validate
-from .products import Gradient
+from .products import Gradient, code_gram
 
 BACKTRACK_START = 2.0  # first trial step of every sample, in units of 1/L (see the module docstring)
 
@@ -103,7 +103,8 @@ def fista(x: Tensor, dictionary: Tensor, penalty: float, nonnegative: bool = Fal
     ``compile``: fuse the elementwise work with ``torch.compile``."""
     no_tau(tau, "fista")
     x, dictionary, z0 = validate(x, dictionary, penalty, max_iter, tol, z0)
-    lip = lipschitz(dictionary)
+    gram = code_gram(dictionary)
+    lip = lipschitz(dictionary, gram)
     penalty = float(penalty)
     batch = x.shape[0]
     smallest = 1.0 / lip
@@ -113,7 +114,7 @@ def fista(x: Tensor, dictionary: Tensor, penalty: float, nonnegative: bool = Fal
         first, backtrack = check_step(step, lip, "step"), False
     step_t = x.new_full((batch, 1), first)
     threshold = step_t * penalty
-    gradient = Gradient(x, dictionary)
+    gradient = Gradient(x, dictionary, gram)
     propose_fn, accept_fn = _kernels(compile)
 
     z = start_codes(x, dictionary.shape[1], z0, nonnegative)

@@ -94,6 +94,13 @@ def addmm_rows(bias: Tensor, z: Tensor, matrix: Tensor, *, beta: float = 1.0, al
     return torch.addmm(bias, packed, matrix, beta=beta, alpha=alpha, out=out)
 
 
+def code_gram(dictionary: Tensor) -> Tensor | None:
+    """``Phi^T Phi`` ``(K, K)`` when the products below work in code space (``K <= 2D``),
+    else ``None``. Formed once per solve and shared with :func:`.core.lipschitz`."""
+    d, k = dictionary.shape
+    return dictionary.T @ dictionary if k <= 2 * d else None
+
+
 class GradientStep:
     """``z -> z - s grad(z) = z + s Phi^T (x - Phi z)`` for code rows ``z``
     ``(B, K)``: one step of gradient descent on ``1/2 ||x - Phi z||^2``, written
@@ -103,13 +110,15 @@ class GradientStep:
     With ``K <= 2D`` it works in code space: ``c + z M`` with ``c = s Phi^T x``
     and ``M = I - s Phi^T Phi`` formed once."""
 
-    def __init__(self, x: Tensor, dictionary: Tensor, s: float) -> None:
+    def __init__(self, x: Tensor, dictionary: Tensor, s: float, gram: Tensor | None = None) -> None:
+        """``gram``: :func:`code_gram` of the dictionary, if already formed."""
         d, k = dictionary.shape
         self.s = s
         self.c = torch.mm(x, dictionary).mul_(s)  # s Phi^T x, (B, K)
         self.gram = k <= 2 * d
         if self.gram:
-            self.m = torch.eye(k, dtype=x.dtype, device=x.device) - s * (dictionary.T @ dictionary)
+            gram = code_gram(dictionary) if gram is None else gram
+            self.m = torch.eye(k, dtype=x.dtype, device=x.device) - s * gram
         else:
             self.x, self.phi, self.phi_t = x, dictionary, dictionary.T
             self.residual = x.new_empty(x.shape)  # (B, D) buffer
@@ -129,12 +138,13 @@ class Gradient:
     for the rows ``rows`` (an index tensor) of the batch, ``z`` then holding just
     those rows. The gradient at ``z = 0`` is ``-Phi^T x`` (:attr:`at_zero`)."""
 
-    def __init__(self, x: Tensor, dictionary: Tensor) -> None:
+    def __init__(self, x: Tensor, dictionary: Tensor, gram: Tensor | None = None) -> None:
+        """``gram``: :func:`code_gram` of the dictionary, if already formed."""
         d, k = dictionary.shape
         self.at_zero = torch.mm(x, dictionary).neg_()  # -Phi^T x, (B, K)
         self.gram = k <= 2 * d
         if self.gram:
-            self.g = dictionary.T @ dictionary  # (K, K)
+            self.g = code_gram(dictionary) if gram is None else gram  # (K, K)
         else:
             self.x, self.phi, self.phi_t = x, dictionary, dictionary.T
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .core import METHODS, InferInfo, check_step, iterate, lipschitz, no_tau, start_codes, validate
 from .fista_solver import fista
-from .products import GradientStep
+from .products import GradientStep, code_gram
 
 
 def _shrink_(v: Tensor, threshold: float, nonnegative: bool, scratch: Tensor) -> Tensor:
@@ -41,14 +41,16 @@ def _shrink_(v: Tensor, threshold: float, nonnegative: bool, scratch: Tensor) ->
     return v.sub_(scratch)
 
 
-def _proximal_setup(method, x, dictionary, penalty, nonnegative, max_iter, tol, step, tau, z0):
+def _proximal_setup(x, dictionary, penalty, nonnegative, max_iter, tol, step, tau, z0):
     """ISTA's set-up: checked inputs, the gradient step at step size ``s`` (default
     ``1/L``), the threshold ``s * penalty`` and the start codes."""
-    no_tau(tau, method)
+    no_tau(tau, "ista")
     x, dictionary, z0 = validate(x, dictionary, penalty, max_iter, tol, z0)
-    lip = lipschitz(dictionary)
+    gram = code_gram(dictionary)
+    lip = lipschitz(dictionary, gram)
     s = 1.0 / lip if step is None else check_step(step, lip, "step")
-    return GradientStep(x, dictionary, s), s * float(penalty), start_codes(x, dictionary.shape[1], z0, nonnegative), z0
+    codes = start_codes(x, dictionary.shape[1], z0, nonnegative)
+    return GradientStep(x, dictionary, s, gram), s * float(penalty), codes, z0
 
 
 @torch.no_grad()
@@ -58,7 +60,7 @@ def ista(x: Tensor, dictionary: Tensor, penalty: float, nonnegative: bool = Fals
     """ISTA (Daubechies et al. 2004): ``z <- T_{step*penalty}(z - step grad)``,
     proximal gradient descent on E. ``step`` defaults to ``1/L`` (L the largest
     eigenvalue of ``Phi^T Phi``), for which E decreases monotonically."""
-    forward, thr, z, z0 = _proximal_setup("ista", x, dictionary, penalty, nonnegative, max_iter, tol, step, tau, z0)
+    forward, thr, z, z0 = _proximal_setup(x, dictionary, penalty, nonnegative, max_iter, tol, step, tau, z0)
     v, scratch = torch.empty_like(z), torch.empty_like(z)
     cold = z0 is None  # z = 0: the first step needs no product
 
@@ -98,13 +100,14 @@ def lca(x: Tensor, dictionary: Tensor, penalty: float, nonnegative: bool = False
     while few units are above threshold (early on, from a cold start) the step
     is cheap (sparse product, see the module docstring)."""
     x, dictionary, z0 = validate(x, dictionary, penalty, max_iter, tol, z0)
-    lip = lipschitz(dictionary)
+    gram = code_gram(dictionary)
+    lip = lipschitz(dictionary, gram)
     dt = 1.0 if step is None else float(step)
     time_constant = lip if tau is None else float(tau)
     if not (dt > 0 and time_constant > 0):
         raise ValueError(f"LCA step and tau must be positive, got step={dt}, tau={time_constant}")
     eta = check_step(dt / time_constant, max(lip, 1.0), "LCA step/tau")
-    forward = GradientStep(x, dictionary, eta)
+    forward = GradientStep(x, dictionary, eta, gram)
     lam = float(penalty)
     a = start_codes(x, dictionary.shape[1], z0, nonnegative)
     u = a + lam * torch.sign(a)  # the potential whose threshold is z0 (u = 0 without z0)
