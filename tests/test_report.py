@@ -205,3 +205,12 @@ def test_report_errors(tmp_path):
         rp.write_report(tmp_path)
     with pytest.raises(ValueError, match="fmt"):
         rp.write_report(tmp_path, fmt="pdf")
+
+
+def test_relu_half_names_the_dead_units_and_their_zeros():
+    df = set_metric(synthetic_table(), "dead_fraction", lambda K, b: 0.9 if b >= 1 else 0.0, "gaussian_relu")
+    df = set_metric(df, "dead_zeros", lambda K, b: 0.84 if b >= 1 else math.nan, "gaussian_relu")
+    c = by_id(df)["relu_half"]
+    assert "dead units (dead_units.py) 90% of K, zero in 84% of inputs" in c["measured"]
+    # tables from before per-unit zeros were kept: the claim is stated without them
+    assert "dead units" not in by_id(synthetic_table())["relu_half"]["measured"]

@@ -20,8 +20,8 @@ def evaluate(model: StackedVAE, x: Tensor, batch_size: int = 5000, seed: int = 0
     ``z`` is sampled exactly (temperature 0) from the posterior (eqs. 22-23).
     Keys: ``mse``, ``r2``, ``metabolic_cost``, ``proportion_zeros``,
     ``overall_performance``, ``neg_elbo`` (``recon + kl``, beta = 1), ``recon``,
-    ``kl``, ``lifetime_sparsity`` (mean over units that fire), ``per_unit_kl``
-    and ``unit_lifetime_sparsity`` (lists of K).
+    ``kl``, ``lifetime_sparsity`` (mean over units that fire), ``per_unit_kl``,
+    ``unit_lifetime_sparsity`` and ``unit_proportion_zeros`` (lists of K).
 
     ``recon`` is E_q ||x - x_hat||^2 averaged over ``x``: in closed form
     (eqs. 17, 21) for a linear decoder (lin|lin, conv|lin); for a nonlinear
@@ -41,6 +41,7 @@ def evaluate(model: StackedVAE, x: Tensor, batch_size: int = 5000, seed: int = 0
     unit_kl = torch.zeros(Mn, K, dtype=torch.float64, device=device)
     s1 = torch.zeros_like(unit_kl)
     s2 = torch.zeros_like(unit_kl)
+    unit_zeros = torch.zeros_like(unit_kl)
     for start in range(0, n, batch_size):
         xb = x[start : start + batch_size]
         post = model.encode(xb)
@@ -60,6 +61,7 @@ def evaluate(model: StackedVAE, x: Tensor, batch_size: int = 5000, seed: int = 0
         unit_kl += kl.double().sum(-2)
         s1 += z.double().abs().sum(-2)  # magnitudes: see metrics.lifetime_sparsity
         s2 += (z.double() ** 2).sum(-2)
+        unit_zeros += (z == 0).sum(-2)
     ss_tot = ((x.double() - x.double().mean(0)) ** 2).sum()
     mse = sums["sq_err"] / n
     r2 = 1.0 - mse * n / ss_tot
@@ -79,4 +81,5 @@ def evaluate(model: StackedVAE, x: Tensor, batch_size: int = 5000, seed: int = 0
     out = {k: v.cpu().tolist() for k, v in result.items()}
     out["per_unit_kl"] = (unit_kl / n).cpu().tolist()
     out["unit_lifetime_sparsity"] = life.cpu().tolist()
+    out["unit_proportion_zeros"] = (unit_zeros / n).cpu().tolist()
     return out

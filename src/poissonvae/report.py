@@ -142,11 +142,20 @@ def claims(df: pd.DataFrame, K: int = 512) -> list[dict]:
                       else "needs P-VAE runs at ≥ 2 K for some β", (good / pairs >= 0.8) if pairs else None))
 
     # 6. Fig. 5 right / Fig. 7: G_relu-VAE about 50% zeros for beta >= 1.
-    hi = s[(s["family"] == G) & (s["beta"] >= 1.0)]["proportion_zeros"]
+    cells = s[(s["family"] == G) & (s["beta"] >= 1.0)]
+    hi = cells["proportion_zeros"]
+    meas = (f"PZ = {_range(hi.min(), hi.max(), 3, 100, '%')} over {len(hi)} (K, β ≥ 1) cells" if len(hi)
+            else "needs G_relu-VAE runs at β ≥ 1")
+    if len(hi) and "dead_zeros" in cells and cells["dead_zeros"].notna().any():
+        # why: a dead unit samples its learned prior, relu(N(mu0, sigma0^2)), zero with
+        # probability Phi(-mu0 / sigma0); 50% holds only while mu0 stays at its init 0
+        frac, dz = cells["dead_fraction"], cells["dead_zeros"].dropna()
+        meas += (f"; dead units (dead_units.py) {_range(frac.min(), frac.max(), 2, 100, '%')} of K,"
+                 f" zero in {_range(dz.min(), dz.max(), 3, 100, '%')} of inputs"
+                 " (their learned prior's Φ(−μ0/σ0): 50% only at μ0 = 0)")
     out.append(_claim("relu_half", "G_relu-VAE ≈ 50% zeros for all β ≥ 1 (Figs. 5, 7)", "≈ 50%, any K",
-                      "every PZ at β ≥ 1 within [0.4, 0.6]",
-                      f"PZ = {_range(hi.min(), hi.max(), 3, 100, '%')} over {len(hi)} (K, β ≥ 1) cells" if len(hi)
-                      else "needs G_relu-VAE runs at β ≥ 1", bool(hi.between(0.4, 0.6).all()) if len(hi) else None))
+                      "every PZ at β ≥ 1 within [0.4, 0.6]", meas,
+                      bool(hi.between(0.4, 0.6).all()) if len(hi) else None))
 
     # 7. Fig. 6 left: similar R^2 at matched sparsity.
     kc, note = _pick(s, [P, G], K) if {P, G} <= set(s["family"]) else (None, "")
@@ -211,7 +220,9 @@ CAPTIONS = {
 }
 RUN_COLUMNS = [("family", "family"), ("K", "K"), ("beta", "β"), ("seed", "seed"), ("metabolic_cost", "MC"),
                ("proportion_zeros", "PZ"), ("r2", "R²"), ("overall_performance", "overall"),
-               ("neg_elbo", "neg ELBO"), ("lifetime_sparsity", "lifetime sparsity")]
+               ("neg_elbo", "neg ELBO"), ("lifetime_sparsity", "lifetime sparsity"),
+               ("dead_fraction", "dead units"), ("dead_zeros", "PZ of dead units"),
+               ("alive_zeros", "PZ of alive units")]
 
 
 def _summary(df: pd.DataFrame) -> list[tuple[str, str]]:

@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..dead_units import split_by_life
+from ..families import FAMILIES
 from ..runs import METRICS, is_finished
 from .grid import SweepConfig, run_name
 
 RESULTS = "results.parquet"
 SCALARS = ("mse", "r2", "metabolic_cost", "proportion_zeros", "overall_performance", "recon", "kl",
            "neg_elbo", "lifetime_sparsity", "epochs", "train_seconds")
+# dead units (dead_units.py): their share, and the proportion of zeros of dead and of alive units
+UNIT_SPLIT = ("dead_fraction", "dead_zeros", "alive_zeros")
 
 
 def collect(sweep: SweepConfig, sweep_dir: str | Path) -> pd.DataFrame:
@@ -29,9 +33,19 @@ def collect(sweep: SweepConfig, sweep_dir: str | Path) -> pd.DataFrame:
         row = {"family": cfg.model.family, "K": cfg.model.K, "beta": cfg.train.beta, "seed": cfg.train.seed,
                "run_dir": f"runs/{name}"}
         row.update({k: metrics.get(k) for k in SCALARS})
+        row.update(_unit_split(cfg.model.family, metrics))
         rows.append(row)
-    df = pd.DataFrame(rows, columns=["family", "K", "beta", "seed", "run_dir", *SCALARS])
-    return df.astype({k: "float64" for k in SCALARS if k != "epochs"})
+    df = pd.DataFrame(rows, columns=["family", "K", "beta", "seed", "run_dir", *SCALARS, *UNIT_SPLIT])
+    return df.astype({k: "float64" for k in (*SCALARS, *UNIT_SPLIT) if k != "epochs"})
+
+
+def _unit_split(family: str, metrics: dict) -> dict:
+    """Dead fraction and zeros of dead / alive units; NaN for families whose units
+    share one KL (categorical) and for runs evaluated before per-unit zeros were kept."""
+    kl = metrics.get("per_unit_kl")
+    if kl is None or getattr(FAMILIES.get(family), "coupled_units", False):
+        return dict.fromkeys(UNIT_SPLIT, None)
+    return split_by_life(kl, metrics.get("unit_proportion_zeros"))
 
 
 def write_results(df: pd.DataFrame, sweep_dir: str | Path) -> Path:

@@ -2,8 +2,9 @@
 
 * :func:`estimator_table` - P-VAE Table 2: percent drop of the validation
   negative ELBO against the best run of the same family and encoder.
-* :func:`dead_threshold`, :func:`unit_activity` and :func:`active_table` -
-  P-VAE Table 3 / Fig. 10: the dead-neuron rule and the proportion of active units.
+* :func:`unit_activity` and :func:`active_table` - P-VAE Table 3 / Fig. 10:
+  the proportion of active units by the dead-neuron rule
+  (:func:`poissonvae.dead_units.dead_threshold`, re-exported here).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..checkpoint import read_weights
+from ..dead_units import dead_threshold
 from ..families import FAMILIES
 from ..runs import METRICS, WEIGHTS
 
@@ -88,48 +90,6 @@ def estimator_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------- dead neurons
-# nats per input: a unit whose average KL is below this carries (almost) no
-# information; the ref. code's P-VAE lin|lin histogram gap sits near 0.01
-DEAD_FLOOR = 0.01
-MIN_SEPARATION_DECADES = 1.0
-MIN_BIMODALITY = 0.8
-
-
-def dead_threshold(values, min_separation: float = MIN_SEPARATION_DECADES, min_bimodality: float = MIN_BIMODALITY,
-                   floor: float = DEAD_FLOOR) -> float:
-    """The dead-neuron rule (P-VAE Fig. 10): the threshold that separates dead from alive units.
-
-    The paper bins the per-unit KL values and cuts the histogram at the gap
-    between the small values and the large ones. Here the same idea without a
-    bin width, on log10 of the values (floored at 1e-12): split the sorted
-    values in two where the between-group variance is largest (Otsu's rule).
-    The split is a real gap only if the two groups are far apart - their means
-    at least ``min_separation`` decades apart - and the split explains at least
-    ``min_bimodality`` of the variance (one uniform cluster gives 0.75, one
-    normal cluster 0.64, two well-separated clusters nearly 1). Then the
-    threshold is the geometric midpoint between the groups' neighbouring
-    values; otherwise all values form one cluster and the threshold is
-    ``floor``. It is never below ``floor``. Units above the threshold are alive.
-    """
-    v = np.asarray(values, dtype=float)
-    if v.ndim != 1 or v.size == 0 or not np.isfinite(v).all():
-        raise ValueError("dead_threshold needs a non-empty 1-d array of finite values")
-    logs = np.sort(np.log10(np.maximum(v, 1e-12)))
-    n = logs.size
-    total = logs.var()
-    if n < 2 or total == 0:
-        return floor
-    i = np.arange(1, n)  # split before index i
-    csum = np.cumsum(logs)[:-1]
-    m0 = csum / i
-    m1 = (logs.sum() - csum) / (n - i)
-    between = (i / n) * (1 - i / n) * (m1 - m0) ** 2
-    k = int(np.argmax(between))
-    if between[k] / total < min_bimodality or m1[k] - m0[k] < min_separation:
-        return floor
-    return max(floor, float(10 ** ((logs[k] + logs[k + 1]) / 2)))
-
-
 def unit_activity(run_dir: str | Path, family: str) -> tuple[np.ndarray, str]:
     """The per-unit quantity the dead-neuron rule looks at, and its name.
 
