@@ -32,10 +32,13 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+CUDA_GRAPH = False  # --cuda-graph: every trainer replays its exact steps as a CUDA graph
+
+
 def _trainer(family: str, K: int, betas: list[float], x: torch.Tensor, device, batch: int, epochs: int) -> Trainer:
     model = LinearVAE(ModelConfig(family=family, K=K), seeds=list(range(len(betas))))
-    return Trainer(model, TrainConfig(epochs=epochs, warmup_epochs=0, batch_size=batch, device=str(device)),
-                   x, betas=betas)
+    return Trainer(model, TrainConfig(epochs=epochs, warmup_epochs=0, batch_size=batch, device=str(device),
+                                      cuda_graph=CUDA_GRAPH), x, betas=betas)
 
 
 def group_vs_alone(family: str, K: int, betas: list[float], x: torch.Tensor, device, batch: int,
@@ -66,7 +69,7 @@ def group_vs_alone(family: str, K: int, betas: list[float], x: torch.Tensor, dev
 
 def step_time(family: str, K: int, n_models: int, x: torch.Tensor, device, steps: int = 5) -> float:
     model = LinearVAE(ModelConfig(family=family, K=K), seeds=list(range(n_models)))
-    trainer = Trainer(model, TrainConfig(epochs=1, warmup_epochs=0, device=str(device)), x,
+    trainer = Trainer(model, TrainConfig(epochs=1, warmup_epochs=0, device=str(device), cuda_graph=CUDA_GRAPH), x,
                       betas=PAPER_BETAS[:n_models])
     batch = trainer.train[:PAPER_BATCH]
     for _ in range(2):
@@ -89,10 +92,16 @@ def main() -> None:
     p.add_argument("--families", nargs="+", default=["poisson", "gaussian_relu"])
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (group epoch, then each model's)")
     p.add_argument("--no-projection", action="store_true")
+    p.add_argument("--cuda-graph", action="store_true", help="replay exact steps as CUDA graphs (GPU only)")
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.cuda_graph and device.type != "cuda":
+        p.error("--cuda-graph needs --device cuda")
+    global CUDA_GRAPH
+    CUDA_GRAPH = args.cuda_graph
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"device: {device} ({name}), torch {torch.__version__}, CPU threads {torch.get_num_threads()}")
+    print(f"device: {device} ({name}), torch {torch.__version__}, CPU threads {torch.get_num_threads()}"
+          + (", CUDA graphs" if CUDA_GRAPH else ""))
     x = torch.randn(args.patches, 256, generator=torch.Generator().manual_seed(0))
     betas = PAPER_BETAS[: args.models]
     print(f"\n{args.models} models x one epoch of {args.patches} patches (batch {args.batch}), "

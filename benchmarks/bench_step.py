@@ -67,11 +67,12 @@ def bare_matmuls(B: int, D: int, K: int, device: torch.device, n_params: int = 1
     return run
 
 
-def train_step(family: str, estimator: str, B: int, D: int, K: int, device: torch.device, compile: bool = False):
+def train_step(family: str, estimator: str, B: int, D: int, K: int, device: torch.device, compile: bool = False,
+               cuda_graph: bool = False):
     x = torch.randn(20 * B, D, generator=torch.Generator().manual_seed(1))
     model = LinearVAE(ModelConfig(family=family, K=K, input_dim=D, n_exp=None))
     trainer = Trainer(model, TrainConfig(epochs=1, warmup_epochs=0, batch_size=B, estimator=estimator,
-                                         device=str(device), compile=compile), x)
+                                         device=str(device), compile=compile, cuda_graph=cuda_graph), x)
     trainer._set_n_exp()
     batch = trainer.train[:B]
     return lambda: trainer.train_step(batch), model
@@ -88,8 +89,11 @@ def main() -> None:
     p.add_argument("--mc", action="store_true", help="also time the Monte Carlo (relaxed-sample) estimator")
     p.add_argument("--compile", action="store_true", help="also time the P-VAE step with train.compile "
                    "(torch.compile'd elementwise kernels)")
+    p.add_argument("--cuda-graph", action="store_true", help="also time the exact steps replayed as CUDA graphs")
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.cuda_graph and device.type != "cuda":
+        p.error("--cuda-graph needs --device cuda")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
@@ -106,6 +110,11 @@ def main() -> None:
         extra = f" (n_exp={model.family.n_exp})" if estimator == "mc" and family == "poisson" else ""
         name = f"train step {family} {estimator}{extra}"
         fns[name], reference[name] = step, bare[model.family.n_params]
+    if args.cuda_graph:
+        for family in ("poisson", "gaussian_relu"):
+            step, model = train_step(family, "exact", args.batch, args.dim, args.K, device, cuda_graph=True)
+            name = f"train step {family} exact, CUDA graph"
+            fns[name], reference[name] = step, bare[model.family.n_params]
     if args.compile:
         name = "train step poisson exact, compiled kernels"
         fns[name] = train_step("poisson", "exact", args.batch, args.dim, args.K, device, compile=True)[0]

@@ -212,5 +212,7 @@ def test_relu_half_names_the_dead_units_and_their_zeros():
     df = set_metric(df, "dead_zeros", lambda K, b: 0.84 if b >= 1 else math.nan, "gaussian_relu")
     c = by_id(df)["relu_half"]
     assert "dead units (dead_units.py) 90% of K, zero in 84% of inputs" in c["measured"]
+    everyone = set_metric(df, "dead_fraction", lambda K, b: 1.0 if b == max(BETAS) else 0.9, "gaussian_relu")
+    assert "dead units (dead_units.py) 90%–100% of K" in by_id(everyone)["relu_half"]["measured"]
     # tables from before per-unit zeros were kept: the claim is stated without them
     assert "dead units" not in by_id(synthetic_table())["relu_half"]["measured"]

@@ -119,8 +119,34 @@ def test_bad_training_input_is_rejected_before_any_step():
         Trainer(model, _cfg(), _patches(), betas=[-0.5])
     with pytest.raises(ConfigError, match="train.estimator"):
         Trainer(model, _cfg(estimator="reinforce"), _patches())
+    with pytest.raises(ConfigError, match="cuda_graph needs a CUDA device"):
+        Trainer(model, _cfg(cuda_graph=True), _patches())
+    with pytest.raises(ConfigError, match="cuda_graph needs train.estimator 'exact'"):
+        Trainer(model, _cfg(cuda_graph=True, estimator="mc", device="cuda"), _patches())
+    if not torch.cuda.is_available():  # auto resolves to the CPU here
+        with pytest.raises(ConfigError, match="cuda_graph needs a CUDA device; training runs on cpu"):
+            Trainer(model, _cfg(cuda_graph=True, device="auto"), _patches())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_a_tensor_learning_rate_is_saved_as_a_number_and_resumes(tmp_path):
+    """A captured CUDA step keeps its learning rate in a tensor and Adamax capturable:
+    its checkpoints must still load into an ordinary (CPU) trainer."""
+    cfg = _cfg(estimator="exact", epochs=2)
+    tr = Trainer(LinearVAE(ModelConfig(K=8, input_dim=D), seeds=[3]), cfg, _patches())
+    tr.train_epoch()
+    for group in tr.optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]))
+        group["capturable"] = True
+    tr.save_state(tmp_path / "state.safetensors")
+    again = Trainer(LinearVAE(ModelConfig(K=8, input_dim=D), seeds=[3]), cfg, _patches())
+    again.load_state(tmp_path / "state.safetensors")
+    group = again.optimizer.param_groups[0]
+    assert isinstance(group["lr"], float) and group["lr"] == pytest.approx(float(tr.optimizer.param_groups[0]["lr"]))
+    assert group["capturable"] is False
+    again.fit(progress=False)  # the CPU steps run
+    assert again.epoch == again.total_epochs
 
 
 def test_corrupt_foreign_and_mismatched_checkpoints_are_rejected(tmp_path):

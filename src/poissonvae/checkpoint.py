@@ -111,7 +111,9 @@ def save_state(model, optimizer, generator: torch.Generator, progress: dict, pat
     meta = {
         **_model_meta(model),
         "kind": "state",
-        "param_groups": json.dumps(opt["param_groups"]),
+        # a captured step keeps its learning rate in a tensor (training.CapturedStep)
+        "param_groups": json.dumps([{k: float(v) if torch.is_tensor(v) else v for k, v in g.items()}
+                                    for g in opt["param_groups"]]),
         "progress": json.dumps(progress),
     }
     _atomic_save(tensors, Path(path), meta)

@@ -9,7 +9,7 @@ from .cli import TRAIN_OPTIONS, _Formatter, _add_options, _check_device, _given,
 
 # The training flags that make sense for a whole grid (family, K, beta and seed are grid axes).
 _SHARED = {"--epochs", "--warmup-epochs", "--lr", "--batch-size", "--estimator", "--device", "--checkpoint-every",
-           "--compile"}
+           "--compile", "--cuda-graph"}
 SWEEP_TRAIN_OPTIONS = [opt for opt in TRAIN_OPTIONS if opt[0] in _SHARED]
 
 

@@ -110,6 +110,7 @@ class TrainConfig:
     eval_batch_size: int = 5000
     device: str = "cpu"  # cpu | cuda | auto
     compile: bool = False  # torch.compile the families' elementwise kernels (needs a compiler; same math)
+    cuda_graph: bool = False  # replay each exact step as one captured CUDA graph (GPU only; same math)
 
     def validate(self) -> None:
         ints = {"epochs": 1, "warmup_epochs": 0, "batch_size": 1, "eval_every": 0, "checkpoint_every": 1, "eval_batch_size": 1}
@@ -133,8 +134,14 @@ class TrainConfig:
             raise ConfigError(f"train.temperature_schedule must be one of {TEMPERATURE_SCHEDULES}, got {self.temperature_schedule!r}")
         if self.temperature_schedule == "exponential" and self.temperature_end <= 0:
             raise ConfigError("train.temperature_end must be > 0 for an exponential schedule")
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"train.compile must be true or false, got {self.compile!r}")
+        for name in ("compile", "cuda_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.cuda_graph and self.device == "cpu":
+            raise ConfigError("train.cuda_graph needs a CUDA device (train.device cuda, cuda:N or auto)")
+        if self.cuda_graph and self.estimator != "exact":
+            raise ConfigError(f"train.cuda_graph needs train.estimator 'exact' (the samplers draw on the host "
+                              f"between steps), got {self.estimator!r}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
 

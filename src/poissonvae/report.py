@@ -150,7 +150,7 @@ def claims(df: pd.DataFrame, K: int = 512) -> list[dict]:
         # why: a dead unit samples its learned prior, relu(N(mu0, sigma0^2)), zero with
         # probability Phi(-mu0 / sigma0); 50% holds only while mu0 stays at its init 0
         frac, dz = cells["dead_fraction"], cells["dead_zeros"].dropna()
-        meas += (f"; dead units (dead_units.py) {_range(frac.min(), frac.max(), 2, 100, '%')} of K,"
+        meas += (f"; dead units (dead_units.py) {_range(frac.min(), frac.max(), 3, 100, '%')} of K,"
                  f" zero in {_range(dz.min(), dz.max(), 3, 100, '%')} of inputs"
                  " (their learned prior's Φ(−μ0/σ0): 50% only at μ0 = 0)")
     out.append(_claim("relu_half", "G_relu-VAE ≈ 50% zeros for all β ≥ 1 (Figs. 5, 7)", "≈ 50%, any K",

@@ -58,7 +58,7 @@ def is_finished(run_dir: str | Path) -> bool:
 
 # Settings that say where or on what to compute, not what: a run may resume
 # with another cache folder or device.
-_NOT_IDENTITY = {("data", "cache_dir"), ("train", "device"), ("train", "compile")}
+_NOT_IDENTITY = {("data", "cache_dir"), ("train", "device"), ("train", "compile"), ("train", "cuda_graph")}
 
 
 def run_identity(cfg: RunConfig) -> dict:
