@@ -275,7 +275,6 @@ class CapturedStep:
     """
 
     def __init__(self, trainer: Trainer, x: Tensor) -> None:
-        self.trainer = trainer
         opt, params, device = trainer.optimizer, trainer.params, trainer.device
         for group in opt.param_groups:
             group["capturable"] = True
