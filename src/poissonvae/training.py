@@ -87,6 +87,8 @@ class Trainer:
             raise ValueError(f"every beta must be a finite number >= 0, got {betas}")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        if cfg.cuda_graph and self.device.type != "cuda":  # "auto" on a machine without a GPU
+            raise ConfigError(f"train.cuda_graph needs a CUDA device; training runs on {self.device}")
         if self.device.type == "cpu":
             retain_freed_memory()  # reuse warm pages step after step (see memory.py)
         self.model = model.to(self.device)
@@ -111,8 +113,6 @@ class Trainer:
                                 and type(model.family).max_rate is not LatentFamily.max_rate)
         self._max_rate = 0.0
         self._epoch_max = torch.zeros((), device=self.device)
-        if cfg.cuda_graph and self.device.type != "cuda":
-            raise ConfigError(f"train.cuda_graph needs a CUDA device; training runs on {self.device}")
         self._graph: CapturedStep | None = None
 
     # ----------------------------------------------------------------- schedules
@@ -283,7 +283,6 @@ class CapturedStep:
         for p in params:  # a loaded state keeps its step counters on the CPU
             if "step" in opt.state.get(p, {}):
                 opt.state[p]["step"] = opt.state[p]["step"].to(device, torch.float32)
-        fresh = not any(opt.state.get(p) for p in params)
         saved_params = [p.detach().clone() for p in params]
         saved_state = {p: {k: v.clone() for k, v in opt.state[p].items()} for p in params if opt.state.get(p)}
         self.x = x.detach().clone()
@@ -301,9 +300,9 @@ class CapturedStep:
         with torch.no_grad():  # undo the warm-up steps, in place: the graph holds these tensors
             for p, p0 in zip(params, saved_params):
                 p.copy_(p0)
-            for p in params:
+            for p in params:  # moments created by the warm-up start from zero, as Adamax creates them
                 for key, value in opt.state[p].items():
-                    value.zero_() if fresh else value.copy_(saved_state[p][key])
+                    value.copy_(saved_state[p][key]) if p in saved_state else value.zero_()
 
     def replay(self, x: Tensor, beta: Tensor, lr: float) -> tuple[Tensor, Tensor, Tensor]:
         self.x.copy_(x)
