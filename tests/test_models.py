@@ -162,3 +162,23 @@ def test_laplace_samples_have_the_stated_moments():
     mean, var = fam.moments(post)
     assert z.mean().item() == pytest.approx(mean[0, 0, 0].item(), abs=0.02)
     assert z.var().item() == pytest.approx(var[0, 0, 0].item(), rel=0.03)
+
+
+def test_shared_input_encoder_product_and_its_gradients_match_a_per_model_loop():
+    # the encoder of a stack against each model's own x W[m]^T, values and gradients
+    # (float64; x also takes a gradient, which the trainer never asks for)
+    from poissonvae.models import _SharedInputProduct
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(3, 4, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    out = _SharedInputProduct.apply(x, w)
+    assert out.shape == (3, 5, 4) and out.is_contiguous()
+    loop = torch.stack([x @ w[m].T for m in range(3)])
+    assert torch.allclose(out, loop)
+    upstream = torch.randn(3, 5, 4, dtype=torch.float64, generator=g)
+    gx, gw = torch.autograd.grad(out, [x, w], upstream)
+    lx, lw = torch.autograd.grad(loop, [x, w], upstream)
+    assert torch.allclose(gx, lx) and torch.allclose(gw, lw)
+    assert gw.is_contiguous()  # in the parameter's own layout: no copy before the optimiser
+    assert torch.autograd.gradcheck(_SharedInputProduct.apply, (x, w))

@@ -186,17 +186,21 @@ def test_corrupt_foreign_and_mismatched_checkpoints_are_rejected(tmp_path):
 
 
 # poisson and gaussian_relu write the encoder gradient into the trainer's buffer;
-# gaussian (the generic composition) leaves it to the trainer's copy
+# gaussian (the generic composition, fixed prior buffers) leaves it to the trainer's copy
 @pytest.mark.parametrize("family", ["poisson", "gaussian_relu", "gaussian"])
-def test_chunked_group_step_equals_the_full_batch_step(monkeypatch, family):
+@pytest.mark.parametrize("n_models, pieces", [(3, 3), (4, 2)])
+def test_chunked_group_step_equals_the_full_batch_step(monkeypatch, family, n_models, pieces):
     import poissonvae.training as training
 
     results = []
-    for limit in (1 << 30, 64):  # no chunking; then pieces of 64 elements
-        monkeypatch.setattr(training, "CHUNK_ELEMENTS", limit)
-        model = LinearVAE(ModelConfig(family=family, K=8, input_dim=D), seeds=[1, 2, 3])
-        tr = Trainer(model, _cfg(), _patches(), betas=[0.1, 1.0, 3.0])
-        assert tr.chunks(100) == (1 if limit > 1000 else 3)
+    betas = [0.1, 1.0, 3.0, 0.5][:n_models]
+    n_params = 1 if family == "poisson" else 2
+    limit = n_models * 100 * 8 * n_params // pieces  # values of one piece's (m, b, n K) tensors
+    for chunk in (1 << 30, limit):  # no chunking; then pieces of 1 or 2 models
+        monkeypatch.setattr(training, "CHUNK_ELEMENTS", chunk)
+        model = LinearVAE(ModelConfig(family=family, K=8, input_dim=D), seeds=list(range(1, n_models + 1)))
+        tr = Trainer(model, _cfg(), _patches(), betas=betas)
+        assert tr.chunks(100) == (1 if chunk > 1 << 20 else pieces)
         stats = tr.train_step(_patches()[:100])
         results.append((stats, {k: v.clone() for k, v in model.state_dict().items()}))
     for a, b in zip(results[0][0], results[1][0]):

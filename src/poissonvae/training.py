@@ -31,9 +31,12 @@ from .models import StackedVAE
 from .schedules import beta_at, lr_factor, temperature_at
 
 
-# Largest (M x b x n K) block a stacked step works on at once (see Trainer.chunks).
-# 2^21 was the fastest of 2^20..2^23 for 8 models at K = 512, batch 1000 on the
-# 2-core development CPU (32 MB L3), for both the P-VAE and the G_relu-VAE.
+# Largest (m x B x n K) block a stacked step works on at once (see Trainer.chunks).
+# Pieces of models, 8 models at batch 1000 on the 2-core development CPU (best of
+# 3 steps, median of 6 rounds, ms; the piece count this rule picks in brackets):
+#   G_relu K=512: 1 piece 162.9, 2 155.9, [4] 152.5, 8 153.2
+#   G_relu K=256: 1 77.1, [2] 76.1, 4 75.5, 8 77.2;  K=128: [1] 40.6, 2 40.5, 4 41.5
+#   P-VAE K=512: 1 82.7, [2] 83.0, 4 82.7, 8 84.8;  K=256: [1] 43.0, 2 42.6, 8 45.7
 CHUNK_ELEMENTS = 1 << 21
 
 
@@ -141,13 +144,16 @@ class Trainer:
         self.model.family.n_exp = poisson_n_exp(self._max_rate)
 
     def chunks(self, batch_size: int) -> int:
-        """Number of pieces a batch is split into so that one piece's ``(M, b, n K)``
-        tensors hold at most about ``CHUNK_ELEMENTS`` values.
+        """Number of pieces a step is split into so that one piece's ``(m, b, n K)``
+        tensors hold at most about ``CHUNK_ELEMENTS`` values (at most ``M`` pieces).
 
         A stacked step's elementwise work is memory-bound: at M = 8, K = 512 its
         saved tensors (~100 MB) fall out of the CPU's cache while a piece's stay
-        in it. Gradients of the pieces add up to the full batch's (a loop over
-        pieces of the batch, never over models).
+        closer to it. The exact objective of a linear VAE is split along the model
+        axis (each piece: some models on the whole batch, shaped like a model
+        trained alone); other steps along the batch, whose pieces' gradients add
+        up to the full batch's. Either way a loop over pieces, never one per model
+        unless the models are that large.
         """
         if self.device.type != "cpu":
             return 1
@@ -172,39 +178,68 @@ class Trainer:
         learning rate already in the optimiser (no host-side state changes)."""
         self.optimizer.zero_grad(set_to_none=True)
         B = x.shape[0]
-        totals = torch.zeros(3, self.model.n_models, device=self.device)
         n_pieces = self.chunks(B)
-        split_encoder = (n_pieces > 1 and self.cfg.estimator == "exact"
-                         and getattr(self.model, "single_product_encoder", False))
-        if split_encoder:
-            # One encoder product for the whole batch and one for its weight gradient
-            # (pieces of it would cost more and need their gradients added up); only
-            # the elementwise-heavy objective runs piece by piece, each on a detached
-            # slice whose gradient goes into one buffer.
-            enc = self.model.encoder_output(x)
-            g_enc = torch.empty_like(enc)
-        start = 0
-        for piece in x.tensor_split(n_pieces):
-            rows = slice(start, start + piece.shape[0])
-            start = rows.stop
-            if split_encoder:
-                piece_enc = enc[:, rows].detach().requires_grad_()
-                out = self.model.exact_output(piece, piece_enc, enc_grad_out=g_enc[:, rows])
-            else:
-                out = self.model(piece, self.cfg.estimator, temperature, self.generator)
-            free_energy = out.free_energy(beta).sum(-1)  # (M,), summed over the piece
-            (free_energy.sum() / B).backward()  # accumulates the gradient of the batch mean
-            if split_encoder and piece_enc.grad.data_ptr() != g_enc[:, rows].data_ptr():
-                g_enc[:, rows] = piece_enc.grad  # a family that did not write into the buffer
-            totals += torch.stack([free_energy.detach(), out.recon.detach().sum(-1), out.kl.detach().sum(-1)])
-            if self._adaptive_n_exp:
-                self._epoch_max = torch.maximum(self._epoch_max, self.model.family.max_rate(out.post))
-        if split_encoder:
-            enc.backward(g_enc)
+        if n_pieces > 1 and self.cfg.estimator == "exact" and getattr(self.model, "single_product_encoder", False):
+            totals = self._backward_by_models(x, beta, n_pieces)
+        else:
+            totals = self._backward_by_rows(x, temperature, beta, n_pieces)
         clip_grad_norm_per_model(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         means = totals / B
         return means[0], means[1], means[2]
+
+    def _backward_by_rows(self, x: Tensor, temperature: float, beta: Tensor, n_pieces: int) -> Tensor:
+        """Gradients of the batch mean into ``.grad``, the batch in ``n_pieces`` pieces
+        of rows; returns the summed (F, recon, KL) per model, ``(3, M)``."""
+        B = x.shape[0]
+        totals = torch.zeros(3, self.model.n_models, device=self.device)
+        for piece in x.tensor_split(n_pieces):
+            out = self.model(piece, self.cfg.estimator, temperature, self.generator)
+            free_energy = out.free_energy(beta).sum(-1)  # (M,), summed over the piece
+            (free_energy.sum() / B).backward()  # accumulates the gradient of the batch mean
+            totals += torch.stack([free_energy.detach(), out.recon.detach().sum(-1), out.kl.detach().sum(-1)])
+            if self._adaptive_n_exp:
+                self._epoch_max = torch.maximum(self._epoch_max, self.model.family.max_rate(out.post))
+        return totals
+
+    def _backward_by_models(self, x: Tensor, beta: Tensor, n_pieces: int) -> Tensor:
+        """The exact objective's gradients with the stack in ``n_pieces`` pieces of
+        models, each on the whole batch (see :meth:`chunks`).
+
+        The encoder runs as one product for all models, and its weight gradient as
+        one more; in between, each piece differentiates its own slice of the encoder
+        output and its own (detached) slices of the decoder and priors, whose
+        gradients go straight into full-size buffers: nothing is accumulated.
+        """
+        model, B = self.model, x.shape[0]
+        enc = model.encoder_output(x)  # (M, B, n K)
+        g_enc = torch.empty_like(enc)
+        params = dict(model.named_parameters())
+        grads: dict[str, Tensor] = {}
+        totals = torch.empty(3, model.n_models, device=self.device)
+        start = 0
+        for size in torch.arange(model.n_models).tensor_split(n_pieces):
+            models = slice(start, start + len(size))
+            start = models.stop
+            tensors = model.piece_tensors(models)
+            learned = [name for name, t in tensors.items() if t.requires_grad]
+            piece_enc = enc[models].detach().requires_grad_()
+            out = model.exact_output(x, piece_enc, enc_grad_out=g_enc[models], tensors=tensors)
+            free_energy = out.free_energy(beta[models]).sum(-1)
+            found = torch.autograd.grad(free_energy.sum() / B, [piece_enc, *(tensors[n] for n in learned)],
+                                        allow_unused=True)
+            if found[0].data_ptr() != g_enc[models].data_ptr():
+                g_enc[models] = found[0]  # a family that did not write into the buffer
+            for name, grad in zip(learned, found[1:]):
+                if name not in grads:
+                    grads[name] = torch.empty_like(params[name])
+                grads[name][models] = 0.0 if grad is None else grad
+            totals[:, models] = torch.stack([free_energy.detach(), out.recon.detach().sum(-1),
+                                             out.kl.detach().sum(-1)])
+        enc.backward(g_enc)
+        for name, grad in grads.items():
+            params[name].grad = grad
+        return totals
 
     def train_epoch(self) -> dict:
         """One pass over the training data in an order fixed by ``shuffle_seed`` and the epoch."""
