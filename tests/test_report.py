@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 from test_paper_figures import BETAS, KS, make_sweep, synthetic_table
 

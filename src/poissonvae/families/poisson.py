@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..functional import poisson_kl_from_log, poisson_rsample, softclamp_upper
 from .base import LatentFamily, Posterior
+from .gram import gram_dictionary_grad, gram_forward, residual, use_gram
 
 # Ref. code guards: the log-residual is soft-clamped at 10, the log-rate at 5
 # (rates above e^5 ~ 148 spikes per inference step are never useful and make
@@ -149,6 +150,9 @@ class _PoissonLinearFreeEnergy(torch.autograd.Function):
     as in :func:`_rates`. Shapes: ``x`` (B, D) shared, ``enc`` (M, B, K),
     ``log_prior_raw`` (M, K), ``Phi`` (M, D, K); returns recon and KL, (M, B).
     ``compiled``: run the elementwise parts as ``torch.compile``d kernels.
+
+    For K well below D the squared error is taken in latent space instead
+    (:mod:`.gram`): ``dF/dlambda = g_r (c + 2 u)`` with ``u = -Phi^T r``.
     """
 
     @staticmethod
@@ -162,6 +166,15 @@ class _PoissonLinearFreeEnergy(torch.autograd.Function):
         else:
             rate, p, rate_delta, prior, c = _rates(enc, log_prior_raw)
             rate_delta_sum = rate_delta.sum(-1)
+        ctx.compiled = compiled
+        ctx.enc_grad_out = enc_grad_out
+        ctx.gram = use_gram(D, enc.shape[-1])
+        if ctx.gram:
+            sq_err, u, column_norms = gram_forward(x, dictionary, rate)
+            recon = sq_err + torch.bmm(rate, column_norms.unsqueeze(-1)).squeeze(-1)
+            kl = rate_delta_sum - rate.sum(-1) + prior.sum(-1)
+            ctx.save_for_backward(x, u, column_norms, dictionary, rate, p, rate_delta, prior, c, log_prior_raw)
+            return recon, kl
         column_norms = (dictionary * dictionary).sum(-2, keepdim=True)  # (M, 1, K)
         extended = torch.cat([dictionary, column_norms, torch.ones_like(column_norms)], -2)  # (M, D + 2, K)
         x_ext = torch.cat([x, x.new_zeros(B, 2)], -1).expand(M, B, D + 2)
@@ -169,22 +182,11 @@ class _PoissonLinearFreeEnergy(torch.autograd.Function):
         residual = out[..., :D]
         recon = torch.linalg.vecdot(residual, residual) - out[..., D]
         kl = rate_delta_sum + out[..., D + 1] + prior.sum(-1)
-        ctx.compiled = compiled
-        ctx.enc_grad_out = enc_grad_out
         ctx.save_for_backward(out, extended, rate, p, rate_delta, prior, c, log_prior_raw)
         return recon, kl
 
     @staticmethod
-    def backward(ctx, g_recon: Tensor, g_kl: Tensor):
-        out, extended, rate, p, rate_delta, prior, c, log_prior_raw = ctx.saved_tensors
-        need_x, need_enc, need_prior, need_dict = ctx.needs_input_grad[:4]
-        M, B, D = out.shape[0], out.shape[1], out.shape[2] - 2
-        g_r = g_recon.unsqueeze(-1)  # (M, B, 1)
-        g_ext = torch.empty_like(out)  # [-2 g_r r, g_r, g_kl]
-        torch.mul(out[..., :D], -2.0 * g_r, out=g_ext[..., :D])
-        g_ext[..., D] = g_recon
-        g_ext[..., D + 1] = g_kl
-        g_rate = torch.bmm(g_ext[..., : D + 1], extended[:, : D + 1])  # g_r c - 2 g_r Phi^T r, (M, B, K)
+    def _enc_grads(ctx, g_rate: Tensor, g_kl: Tensor, rate: Tensor, p: Tensor, rate_delta: Tensor, c: Tensor):
         if ctx.compiled:
             g_enc, g_s_sum = _compiled("bwd")(g_rate, g_kl, rate, p, rate_delta, c)
         else:
@@ -193,6 +195,39 @@ class _PoissonLinearFreeEnergy(torch.autograd.Function):
             if g_enc is not ctx.enc_grad_out:
                 g_enc = ctx.enc_grad_out.copy_(g_enc)
             ctx.enc_grad_out = None  # hand the only reference to autograd
+        return g_enc, g_s_sum
+
+    @staticmethod
+    def _gram_backward(ctx, g_recon: Tensor, g_kl: Tensor):
+        x, u, column_norms, dictionary, rate, p, rate_delta, prior, c, log_prior_raw = ctx.saved_tensors
+        need_x, need_enc, need_prior, need_dict = ctx.needs_input_grad[:4]
+        g_r = g_recon.unsqueeze(-1)
+        g_rate = torch.add(column_norms.unsqueeze(-2), u, alpha=2.0).mul_(g_r)  # g_r (c + 2 u)
+        g_enc, g_s_sum = _PoissonLinearFreeEnergy._enc_grads(ctx, g_rate, g_kl, rate, p, rate_delta, c)
+        grads = [None, g_enc if need_enc else None, None, None, None, None]
+        if need_x:
+            grads[0] = (residual(x, dictionary, rate) * (2.0 * g_r)).sum(0)
+        if need_prior:
+            grads[2] = _prior_log_rate_grad(g_s_sum, g_kl, rate, prior, log_prior_raw)
+        if need_dict:
+            extra = (g_recon.unsqueeze(-2) @ rate).squeeze(-2)  # sum_b g_r lambda (the variance term)
+            grads[3] = gram_dictionary_grad(x, dictionary, rate, g_recon, extra)
+        return tuple(grads)
+
+    @staticmethod
+    def backward(ctx, g_recon: Tensor, g_kl: Tensor):
+        if ctx.gram:
+            return _PoissonLinearFreeEnergy._gram_backward(ctx, g_recon, g_kl)
+        out, extended, rate, p, rate_delta, prior, c, log_prior_raw = ctx.saved_tensors
+        need_x, need_enc, need_prior, need_dict = ctx.needs_input_grad[:4]
+        D = out.shape[2] - 2
+        g_r = g_recon.unsqueeze(-1)  # (M, B, 1)
+        g_ext = torch.empty_like(out)  # [-2 g_r r, g_r, g_kl]
+        torch.mul(out[..., :D], -2.0 * g_r, out=g_ext[..., :D])
+        g_ext[..., D] = g_recon
+        g_ext[..., D + 1] = g_kl
+        g_rate = torch.bmm(g_ext[..., : D + 1], extended[:, : D + 1])  # g_r c - 2 g_r Phi^T r, (M, B, K)
+        g_enc, g_s_sum = _PoissonLinearFreeEnergy._enc_grads(ctx, g_rate, g_kl, rate, p, rate_delta, c)
         grads = [None, None, None, None, None, None]
         if need_x:
             grads[0] = g_ext[..., :D].sum(0).neg_()

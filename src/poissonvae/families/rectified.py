@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..functional import relu_moment_terms
+from .gram import gram_dictionary_grad, gram_forward, residual, use_gram
 
 # the ref. code's log-scale guard c tanh(x / c) (see gaussian.guard_log_scale)
 _C = 5.3
@@ -33,6 +34,9 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
 
     Shapes: ``x`` (B, D) shared, ``enc`` (M, B, 2K) holding ``(dmu, dv)``, the prior's
     ``mu0`` and raw log-scale (M, K), ``Phi`` (M, D, K); returns recon and KL, (M, B).
+
+    For K well below D the squared error is taken in latent space (:mod:`.gram`):
+    ``dF/dm = 2 g_r u`` with ``u = -Phi^T r``, and ``r`` is not formed.
     """
 
     @staticmethod
@@ -53,28 +57,38 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
         mean.mul_(sigma)
         var.mul_(sigma2)
         M = enc.shape[0]
-        residual = torch.baddbmm(x.expand(M, *x.shape), mean, dictionary.transpose(-1, -2), alpha=-1.0)
-        column_norms = (dictionary * dictionary).sum(-2, keepdim=True)  # (M, 1, K)
-        recon = torch.linalg.vecdot(residual, residual) + torch.bmm(var, column_norms.transpose(-1, -2)).squeeze(-1)
+        ctx.gram = use_gram(x.shape[-1], K)
+        if ctx.gram:  # r_or_u: u = -Phi^T r (M, B, K); else r = x - Phi m (M, B, D)
+            sq_err, r_or_u, column_norms = gram_forward(x, dictionary, mean)
+            column_norms = column_norms.unsqueeze(-2)  # (M, 1, K)
+        else:
+            r_or_u = torch.baddbmm(x.expand(M, *x.shape), mean, dictionary.transpose(-1, -2), alpha=-1.0)
+            column_norms = (dictionary * dictionary).sum(-2, keepdim=True)  # (M, 1, K)
+            sq_err = torch.linalg.vecdot(r_or_u, r_or_u)
+        recon = sq_err + torch.bmm(var, column_norms.transpose(-1, -2)).squeeze(-1)
         # KL: 1/2 w0 (dmu^2 + sigma^2) - ls, summed, + sum ls0 - K/2
         spread = torch.addcmul(sigma2, dmu, dmu)  # dmu^2 + sigma^2, kept for the prior's gradient
         kl_terms = torch.mul(spread, 0.5 * w0).sub_(ls)
         kl = kl_terms.sum(-1) + (ls0.sum(-1, keepdim=True) - 0.5 * K)
-        ctx.save_for_backward(residual, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0,
+        ctx.save_for_backward(r_or_u, x, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0,
                               prior_log_sigma, dictionary, column_norms)
         ctx.enc_grad_out = enc_grad_out  # where to write dF/denc (see LatentFamily.exact_objective)
         return recon, kl
 
     @staticmethod
     def backward(ctx, g_recon: Tensor, g_kl: Tensor):
-        (residual, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0, prior_log_sigma, dictionary,
+        (r_or_u, x, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0, prior_log_sigma, dictionary,
          column_norms) = ctx.saved_tensors
         need_x, need_enc, need_mu0, need_ls0, need_dict = ctx.needs_input_grad[:5]
         K = dictionary.shape[-1]
         dmu = enc[..., :K]
         g_r, g_k = g_recon.unsqueeze(-1), g_kl.unsqueeze(-1)  # (M, B, 1)
-        gr = residual * (-2.0 * g_r)  # dF/dx_hat, (M, B, D)
-        g_mean = torch.bmm(gr, dictionary)  # (M, B, K)
+        if ctx.gram:
+            gr = None  # dF/dx_hat, formed only for the input's gradient
+            g_mean = torch.mul(r_or_u, 2.0 * g_r)  # 2 g_r u = -2 g_r Phi^T r, (M, B, K)
+        else:
+            gr = r_or_u * (-2.0 * g_r)  # dF/dx_hat, (M, B, D)
+            g_mean = torch.bmm(gr, dictionary)  # (M, B, K)
         g_enc = torch.empty_like(enc) if ctx.enc_grad_out is None else ctx.enc_grad_out
         ctx.enc_grad_out = None  # hand the only reference to autograd
         g_dmu, g_dv = g_enc[..., :K], g_enc[..., K:]
@@ -97,6 +111,8 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
         torch.mul(dmu, w0, out=tmp)
         g_dmu.addcmul_(tmp, g_k)
         if need_x:
+            if gr is None:
+                gr = residual(x, dictionary, mean) * (-2.0 * g_r)
             grads[0] = gr.sum(0).neg_()
         if need_enc:
             grads[1] = g_enc
@@ -106,5 +122,8 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
             grads[3] = g_ls0 * (1.0 - (ls0 / _C) ** 2)
         if need_dict:
             g_var_sum = torch.bmm(g_recon.unsqueeze(-2), var)  # sum_b g_r v, (M, 1, K)
-            grads[4] = torch.baddbmm(dictionary * (2.0 * g_var_sum), gr.transpose(-1, -2), mean)
+            if ctx.gram:
+                grads[4] = gram_dictionary_grad(x, dictionary, mean, g_recon, g_var_sum.squeeze(-2))
+            else:
+                grads[4] = torch.baddbmm(dictionary * (2.0 * g_var_sum), gr.transpose(-1, -2), mean)
         return tuple(grads)
