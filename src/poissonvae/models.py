@@ -4,9 +4,9 @@ and :func:`build_model`, which picks the class that ``ModelConfig.arch`` names.
 
 Every parameter has a leading *model* axis of size ``M``, so ``M`` variants
 (different beta or seed, same family and K) train in one pass over a shared
-batch: the encoder is one ``(B, D) x (D, M * n * K)`` matrix product on the
-shared input, the decoder a batched product per model. A single model is
-``M = 1``.
+batch: the encoder is one batched product on the shared input (each model's
+``W`` against the same ``x``, no copy of it), the decoder a batched product
+per model. A single model is ``M = 1``.
 """
 
 from __future__ import annotations
@@ -243,8 +243,8 @@ class LinearVAE(StackedVAE):
         self.dictionary = nn.Parameter(torch.stack(dic))
         self._register_priors(priors)
 
-    #: the encoder is one product on the shared input, so the trainer can run it
-    #: once per batch however finely it splits the rest of the step
+    #: the encoder is one batched product on the shared input, so the trainer can
+    #: run it once per batch however finely it splits the rest of the step
     single_product_encoder = True
 
     def encoder_output(self, x: Tensor) -> Tensor:
