@@ -139,3 +139,30 @@ def test_a_cuda_graph_run_resumes_from_its_checkpoint_with_and_without_a_graph(t
             got = rest.model.state_dict()[name].to(want.device)
             err = (got - want).abs().max() / want.abs().max().clamp(min=1e-6)
             assert err < 1e-3, (device, name, float(err))
+
+
+def test_a_gpu_run_resumes_on_the_cpu_and_back(tmp_path):
+    # the exact estimator draws no random numbers, so a run that moves between
+    # devices ends where the uninterrupted GPU run ends (within float32 tolerance)
+    def trainer(device: str) -> Trainer:
+        model = LinearVAE(ModelConfig(K=32, input_dim=D), seeds=[4, 5])
+        cfg = TrainConfig(epochs=3, warmup_epochs=1, batch_size=200, device=device)
+        return Trainer(model, cfg, _patches(), betas=[0.5, 2.0])
+
+    full = trainer("cuda")
+    full.fit(progress=False)
+    first = trainer("cuda")
+    first.train_epoch()
+    first.save_state(tmp_path / "gpu.safetensors")
+    middle = trainer("cpu")
+    with pytest.warns(UserWarning, match="from a cuda generator and this run is on cpu"):
+        middle.load_state(tmp_path / "gpu.safetensors")
+    middle.train_epoch()
+    middle.save_state(tmp_path / "cpu.safetensors")
+    last = trainer("cuda")
+    with pytest.warns(UserWarning, match="from a cpu generator and this run is on cuda"):
+        last.load_state(tmp_path / "cpu.safetensors")
+    last.fit(progress=False)
+    for name, want in full.model.state_dict().items():
+        err = (last.model.state_dict()[name] - want).abs().max() / want.abs().max().clamp(min=1e-6)
+        assert err < 1e-3, (name, float(err))

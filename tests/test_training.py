@@ -207,3 +207,47 @@ def test_chunked_group_step_equals_the_full_batch_step(monkeypatch, family, n_mo
         assert torch.allclose(a, b, rtol=1e-5)
     for k in results[0][1]:
         assert torch.allclose(results[0][1][k], results[1][1][k], rtol=1e-5, atol=1e-7), k
+
+
+def _rewrite_state(path, new_path, rng, rng_device):
+    """A copy of a state file with another RNG state and device, as another device's run would write."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors["rng.generator"] = rng
+    if rng_device is None:
+        meta.pop("rng_device", None)  # a file written before the device was recorded
+    else:
+        meta["rng_device"] = rng_device
+    save_file(tensors, str(new_path), metadata=meta)
+
+
+@pytest.mark.parametrize("rng_device", ["cuda", None])
+def test_a_gpu_runs_state_resumes_on_the_cpu_with_a_derived_seed(tmp_path, rng_device):
+    # a CUDA generator's state is 16 bytes (Philox seed and offset); a CPU generator cannot take it
+    cfg = _cfg(estimator="mc", epochs=3)
+    tr = Trainer(LinearVAE(ModelConfig(K=8, input_dim=D), seeds=[7]), cfg, _patches())
+    tr.train_epoch()
+    tr.save_state(tmp_path / "cpu.safetensors")
+    gpu_rng = torch.arange(16, dtype=torch.uint8)
+    _rewrite_state(tmp_path / "cpu.safetensors", tmp_path / "gpu.safetensors", gpu_rng, rng_device)
+    states = []
+    for _ in range(2):
+        resumed = Trainer(LinearVAE(ModelConfig(K=8, input_dim=D), seeds=[99]), cfg, _patches())
+        with pytest.warns(UserWarning, match="from a cuda generator and this run is on cpu"):
+            resumed.load_state(tmp_path / "gpu.safetensors")
+        assert resumed.epoch == 1
+        for k, v in tr.model.state_dict().items():  # the weights are the saved run's
+            assert torch.equal(resumed.model.state_dict()[k], v), k
+        states.append(resumed.generator.get_state())
+        resumed.fit(progress=False)
+        assert resumed.epoch == cfg.warmup_epochs + cfg.epochs
+    assert torch.equal(states[0], states[1])  # the same checkpoint seeds the same stream
+    # a CPU state that is not one (wrong size, same device) is still refused
+    _rewrite_state(tmp_path / "cpu.safetensors", tmp_path / "bad.safetensors", gpu_rng, "cpu")
+    with pytest.raises(CheckpointError, match="incomplete training state"):
+        Trainer(LinearVAE(ModelConfig(K=8, input_dim=D), seeds=[1]), cfg, _patches()).load_state(
+            tmp_path / "bad.safetensors")

@@ -10,8 +10,10 @@ model, so a corrupt, truncated or foreign file gives a clear error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -115,8 +117,32 @@ def save_state(model, optimizer, generator: torch.Generator, progress: dict, pat
         "param_groups": json.dumps([{k: float(v) if torch.is_tensor(v) else v for k, v in g.items()}
                                     for g in opt["param_groups"]]),
         "progress": json.dumps(progress),
+        "rng_device": generator.device.type,
     }
     _atomic_save(tensors, Path(path), meta)
+
+
+# bytes of a generator's state per device type: a CPU Mersenne Twister, a CUDA Philox seed and offset
+_RNG_STATE_BYTES = {"cpu": 5056, "cuda": 16}
+
+
+def _restore_generator(generator: torch.Generator, rng: torch.Tensor, meta: dict[str, str], path: Path) -> None:
+    """Restore the RNG state, or, for a run that moves to another kind of device
+    (trained on a GPU, resumed on a CPU or back), seed the new device's generator
+    from the saved state: the state of one kind cannot be set on the other. The
+    resumed run is then deterministic (the same checkpoint gives the same seed)
+    but draws other random numbers than the uninterrupted run would; the exact
+    estimator draws none."""
+    saved = meta.get("rng_device") or next((d for d, n in _RNG_STATE_BYTES.items() if n == rng.numel()), None)
+    here = generator.device.type
+    if saved is not None and saved != here:
+        seed = int.from_bytes(hashlib.sha256(rng.contiguous().numpy().tobytes()).digest()[:8], "little") >> 1
+        generator.manual_seed(seed)
+        warnings.warn(f"{path}: the run's random-number state is from a {saved} generator and this run is on "
+                      f"{here}; its generator was seeded from that state instead (sampling estimators draw "
+                      f"other numbers than an uninterrupted run)", stacklevel=3)
+        return
+    generator.set_state(rng)
 
 
 def load_state(model, optimizer, generator: torch.Generator, path: str | Path) -> dict:
@@ -128,7 +154,7 @@ def load_state(model, optimizer, generator: torch.Generator, path: str | Path) -
     try:
         groups = json.loads(meta["param_groups"])
         progress = json.loads(meta["progress"])
-        generator.set_state(tensors.pop("rng.generator"))
+        _restore_generator(generator, tensors.pop("rng.generator"), meta, path)
     except (KeyError, json.JSONDecodeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: incomplete training state ({e})") from None
     state: dict[int, dict[str, torch.Tensor]] = {}
