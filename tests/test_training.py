@@ -188,12 +188,12 @@ def test_corrupt_foreign_and_mismatched_checkpoints_are_rejected(tmp_path):
 # poisson and gaussian_relu write the encoder gradient into the trainer's buffer;
 # gaussian (the generic composition, fixed prior buffers) leaves it to the trainer's copy
 @pytest.mark.parametrize("family", ["poisson", "gaussian_relu", "gaussian"])
-@pytest.mark.parametrize("n_models, pieces", [(3, 3), (4, 2)])
+@pytest.mark.parametrize("n_models, pieces", [(3, 3), (4, 2), (5, 2)])
 def test_chunked_group_step_equals_the_full_batch_step(monkeypatch, family, n_models, pieces):
     import poissonvae.training as training
 
     results = []
-    betas = [0.1, 1.0, 3.0, 0.5][:n_models]
+    betas = [0.1, 1.0, 3.0, 0.5, 2.0][:n_models]
     n_params = 1 if family == "poisson" else 2
     limit = n_models * 100 * 8 * n_params // pieces  # values of one piece's (m, b, n K) tensors
     for chunk in (1 << 30, limit):  # no chunking; then pieces of 1 or 2 models

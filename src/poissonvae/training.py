@@ -218,10 +218,11 @@ class Trainer:
         g_enc = torch.empty_like(enc)
         params = dict(model.named_parameters())
         grads: dict[str, Tensor] = {}
-        totals = torch.empty(3, model.n_models, device=self.device)
+        M = model.n_models
+        totals = torch.empty(3, M, device=self.device)
         start = 0
-        for size in torch.arange(model.n_models).tensor_split(n_pieces):
-            models = slice(start, start + len(size))
+        for i in range(n_pieces):  # as tensor_split: the first M % n_pieces pieces hold one model more
+            models = slice(start, start + M // n_pieces + (i < M % n_pieces))
             start = models.stop
             tensors = model.piece_tensors(models)
             learned = [name for name, t in tensors.items() if t.requires_grad]
