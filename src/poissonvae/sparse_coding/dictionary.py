@@ -44,7 +44,7 @@ def learn_dictionary(x: Tensor | np.ndarray, K: int, penalty: float, method: str
                      nonnegative: bool = True, epochs: int = 10, batch_size: int = 256, lr: float = 0.1,
                      seed: int = 0, progress: bool = False, max_iter: int = 200, tol: float = 1e-4,
                      init: Tensor | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None,
-                     scale_lr: bool = False) -> tuple[Tensor, list[dict[str, float]]]:
+                     scale_lr: bool = False, compile: bool = False) -> tuple[Tensor, list[dict[str, float]]]:
     """Learn a ``(D, K)`` unit-norm dictionary for ``x`` ``(N, D)``.
 
     Each batch: codes ``z = infer(x_b, Phi, penalty, method, nonnegative,
@@ -54,6 +54,7 @@ def learn_dictionary(x: Tensor | np.ndarray, K: int, penalty: float, method: str
     renormalised.
     Initial columns are random unit vectors from ``seed`` (or ``init``); batches
     are shuffled with the same seed. Runs on ``x``'s device and dtype.
+    ``compile`` (FISTA only): :func:`~.solvers.infer`'s fused kernels.
 
     Returns ``(dictionary, history)``; ``history`` has one dict per epoch with
     ``epoch``, ``mse`` (squared error summed over pixels, mean over samples),
@@ -90,7 +91,7 @@ def learn_dictionary(x: Tensor | np.ndarray, K: int, penalty: float, method: str
         for start in range(0, n, batch_size):
             xb = x[order[start:start + batch_size]]
             z, info = infer(xb, phi, penalty, method=method, nonnegative=nonnegative, max_iter=max_iter,
-                            tol=tol, return_info=True)
+                            tol=tol, return_info=True, compile=compile)
             residual = xb - z @ phi.T
             # Stats for this batch use the dictionary the codes were inferred with.
             sums["mse"] += float((residual**2).sum(-1).mean())

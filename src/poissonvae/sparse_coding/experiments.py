@@ -63,23 +63,24 @@ def penalty_point(x_train: Tensor | np.ndarray, x_val: Tensor | np.ndarray, K: i
                   lr: float = 0.1, seed: int = 0, max_iter: int = 200, tol: float = 1e-4,
                   eval_max_iter: int | None = None, progress: bool = False,
                   on_epoch: Callable[[dict[str, float]], None] | None = None,
-                  scale_lr: bool = False) -> tuple[dict, Tensor]:
+                  scale_lr: bool = False, compile: bool = False) -> tuple[dict, Tensor]:
     """One point of P-VAE Fig. 5b's sparse-coding curves: :func:`learn_dictionary`
     on ``x_train`` ``(N, D)`` with ``method`` at ``penalty`` (``epochs``,
     ``batch_size``, ``lr``, ``seed``, inference capped at ``max_iter``/``tol``),
     then codes of ``x_val`` ``(M, D)`` by the same method (``eval_max_iter``
     iterations, default ``max_iter``) and :func:`code_metrics`. ``on_epoch`` and
-    ``scale_lr`` are passed to :func:`learn_dictionary`.
+    ``scale_lr`` are passed to :func:`learn_dictionary`; ``compile`` (FISTA only)
+    to every inference.
 
     Returns ``(row, dictionary)``: a dict with :data:`COLUMNS` and the learned
     ``(D, K)`` dictionary."""
     x_train, x_val = torch.as_tensor(x_train), torch.as_tensor(x_val)
     phi, _ = learn_dictionary(x_train, K, penalty, method=method, nonnegative=nonnegative, epochs=epochs,
                               batch_size=batch_size, lr=lr, seed=seed, progress=progress, max_iter=max_iter,
-                              tol=tol, on_epoch=on_epoch, scale_lr=scale_lr)
+                              tol=tol, on_epoch=on_epoch, scale_lr=scale_lr, compile=compile)
     phi = phi.to(x_val.dtype)
     codes = infer_batched(x_val, phi, penalty, method=method, nonnegative=nonnegative,
-                          max_iter=eval_max_iter or max_iter, tol=tol)
+                          max_iter=eval_max_iter or max_iter, tol=tol, compile=compile)
     return {"method": method, "penalty": float(penalty), **code_metrics(x_val, phi, codes, penalty)}, phi
 
 
