@@ -134,6 +134,10 @@ def main() -> None:
         ratios = [a / b for a, b in zip(ts, samples[reference[name]])]
         print(f"{name:44s} {statistics.median(ts) * 1e3:8.2f} ms   {statistics.median(ratios):.2f}x "
               f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
+    # The products' rate says how loaded a shared host was during the run: the
+    # elementwise passes slow down more than the products when it is.
+    flops = 2 * args.batch * args.dim * args.K * (2 + 3)  # five products, encoder K outputs
+    print(f"bare products ran at {flops / statistics.median(samples[bare[1]]) / 1e9:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
