@@ -74,5 +74,19 @@ def test_informative_units_beside_much_stronger_ones_are_not_dead():
     # apart, but none of them is dead (a low-beta P-VAE of the quick preset)
     kl = np.concatenate([np.linspace(0.14, 0.8, 57), [2.4, 3.9, 4.3, 6.9, 7.5, 10.2, 13.0]])
     assert split_by_life(kl)["dead_fraction"] == 0.0
+    # the per-unit KL of that run (quick preset, P-VAE K = 64, beta = 0.01; nats, rounded):
+    # the zoo's gap rule finds the gap but may not place a threshold above 0.1 nats
+    from poissonvae.dead_units import DEAD_CEILING, dead_threshold
+
+    measured = np.array([
+        0.144, 0.233, 0.246, 0.3, 0.305, 0.324, 0.357, 0.359, 0.375, 0.388, 0.398, 0.403, 0.404, 0.406, 0.409,
+        0.41, 0.418, 0.424, 0.425, 0.435, 0.436, 0.437, 0.445, 0.445, 0.48, 0.48, 0.48, 0.481, 0.489, 0.491,
+        0.495, 0.496, 0.497, 0.52, 0.529, 0.529, 0.536, 0.545, 0.545, 0.551, 0.551, 0.563, 0.576, 0.579, 0.614,
+        0.621, 0.622, 0.624, 0.628, 0.637, 0.645, 0.651, 0.652, 0.716, 0.772, 0.778, 0.814, 2.409, 3.886, 4.322,
+        6.862, 7.504, 10.197, 13.033])
+    uncapped = dead_threshold(measured, ceiling=np.inf)
+    assert 0.814 < uncapped < 2.409  # the gap rule alone would call 57 of 64 informative units dead
+    assert dead_threshold(measured) == DEAD_CEILING < measured.min()
+    assert split_by_life(measured)["dead_fraction"] == 0.0
     with pytest.raises(ValueError, match="finite"):
         split_by_life([0.1, float("nan")])

@@ -19,12 +19,17 @@ import numpy as np
 # nats per input: a unit whose average KL is below this carries (almost) no
 # information; the ref. code's P-VAE lin|lin histogram gap sits near 0.01
 DEAD_FLOOR = 0.01
+# ... and one above this carries information whatever the histogram looks like: a
+# low-beta run can hold a cluster of 0.1-0.8-nat units beside one of 2-13 nats,
+# a "gap" between two groups of informative units (quick preset, P-VAE K = 64,
+# beta = 0.01). Ten times the floor.
+DEAD_CEILING = 0.1
 MIN_SEPARATION_DECADES = 1.0
 MIN_BIMODALITY = 0.8
 
 
 def dead_threshold(values, min_separation: float = MIN_SEPARATION_DECADES, min_bimodality: float = MIN_BIMODALITY,
-                   floor: float = DEAD_FLOOR) -> float:
+                   floor: float = DEAD_FLOOR, ceiling: float = DEAD_CEILING) -> float:
     """The dead-neuron rule (P-VAE Fig. 10): the threshold that separates dead from alive units.
 
     The paper bins the per-unit KL values and cuts the histogram at the gap
@@ -37,7 +42,9 @@ def dead_threshold(values, min_separation: float = MIN_SEPARATION_DECADES, min_b
     normal cluster 0.64, two well-separated clusters nearly 1). Then the
     threshold is the geometric midpoint between the groups' neighbouring
     values; otherwise all values form one cluster and the threshold is
-    ``floor``. It is never below ``floor``. Units above the threshold are alive.
+    ``floor``. It is never below ``floor`` nor above ``ceiling`` (a gap between
+    two clusters of informative units is not a dead group). Units above the
+    threshold are alive.
     """
     v = np.asarray(values, dtype=float)
     if v.ndim != 1 or v.size == 0 or not np.isfinite(v).all():
@@ -55,7 +62,7 @@ def dead_threshold(values, min_separation: float = MIN_SEPARATION_DECADES, min_b
     k = int(np.argmax(between))
     if between[k] / total < min_bimodality or m1[k] - m0[k] < min_separation:
         return floor
-    return max(floor, float(10 ** ((logs[k] + logs[k + 1]) / 2)))
+    return min(ceiling, max(floor, float(10 ** ((logs[k] + logs[k + 1]) / 2))))
 
 
 def split_by_life(per_unit_kl, unit_zeros=None) -> dict[str, float]:
@@ -64,10 +71,8 @@ def split_by_life(per_unit_kl, unit_zeros=None) -> dict[str, float]:
     (``alive_zeros``): NaN where a group is empty or ``unit_zeros`` (per-unit
     proportions of zeros) is not given.
 
-    The fixed floor, not :func:`dead_threshold`'s gap: across a sweep's beta
-    grid a low-beta run can hold a few units of 2-13 nats beside many of
-    0.1-0.8 nats, a gap that rule would call dead units although each of them
-    carries information (measured on the quick preset, P-VAE K = 64, beta = 0.01).
+    The fixed floor, not :func:`dead_threshold`'s gap: one rule for every run of
+    a sweep's beta grid, so that dead fractions compare across beta.
     """
     kl = np.asarray(per_unit_kl, dtype=float)
     if kl.ndim != 1 or kl.size == 0 or not np.isfinite(kl).all():
