@@ -49,13 +49,15 @@ def gram_forward(x: Tensor, dictionary: Tensor, mean: Tensor) -> tuple[Tensor, T
     return sq_err, u, gram.diagonal(dim1=-2, dim2=-1)
 
 
-def gram_dictionary_grad(x: Tensor, dictionary: Tensor, mean: Tensor, g_recon: Tensor, extra: Tensor) -> Tensor:
+def gram_dictionary_grad(x: Tensor, dictionary: Tensor, mean: Tensor, g_recon: Tensor,
+                         extra: Tensor | None = None) -> Tensor:
     """``dF/dPhi`` ``(M, D, K)`` of ``sum_b g_b (|x_b - Phi m_b|^2 + c . v_b)`` with
-    ``extra = sum_b g_b v_b`` ``(M, K)``."""
+    ``extra = sum_b g_b v_b`` ``(M, K)``; ``None`` when the variance is the mean
+    (Poisson), whose sum is then taken from ``g m``."""
     M = mean.shape[0]
     weighted = mean * g_recon.unsqueeze(-1)  # g m
     second = torch.bmm(mean.transpose(1, 2), weighted)  # m^T diag(g) m, (M, K, K)
-    second.diagonal(dim1=-2, dim2=-1).add_(extra)
+    second.diagonal(dim1=-2, dim2=-1).add_(weighted.sum(-2) if extra is None else extra)
     return torch.baddbmm(torch.bmm(dictionary, second), _shared(x.T, M), weighted, beta=2.0, alpha=-2.0)
 
 

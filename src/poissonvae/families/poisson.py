@@ -210,8 +210,7 @@ class _PoissonLinearFreeEnergy(torch.autograd.Function):
         if need_prior:
             grads[2] = _prior_log_rate_grad(g_s_sum, g_kl, rate, prior, log_prior_raw)
         if need_dict:
-            extra = (g_recon.unsqueeze(-2) @ rate).squeeze(-2)  # sum_b g_r lambda (the variance term)
-            grads[3] = gram_dictionary_grad(x, dictionary, rate, g_recon, extra)
+            grads[3] = gram_dictionary_grad(x, dictionary, rate, g_recon)  # variance = mean = lambda
         return tuple(grads)
 
     @staticmethod

@@ -56,13 +56,12 @@ class RectifiedLinearFreeEnergy(torch.autograd.Function):
         mean, var, cdf, phi = relu_moment_terms(torch.add(dmu, prior_mu.unsqueeze(-2)).div_(sigma))
         mean.mul_(sigma)
         var.mul_(sigma2)
-        M = enc.shape[0]
         ctx.gram = use_gram(x.shape[-1], K)
         if ctx.gram:  # r_or_u: u = -Phi^T r (M, B, K); else r = x - Phi m (M, B, D)
             sq_err, r_or_u, column_norms = gram_forward(x, dictionary, mean)
             column_norms = column_norms.unsqueeze(-2)  # (M, 1, K)
         else:
-            r_or_u = torch.baddbmm(x.expand(M, *x.shape), mean, dictionary.transpose(-1, -2), alpha=-1.0)
+            r_or_u = residual(x, dictionary, mean)
             column_norms = (dictionary * dictionary).sum(-2, keepdim=True)  # (M, 1, K)
             sq_err = torch.linalg.vecdot(r_or_u, r_or_u)
         recon = sq_err + torch.bmm(var, column_norms.transpose(-1, -2)).squeeze(-1)
