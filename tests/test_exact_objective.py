@@ -59,13 +59,47 @@ def test_exact_objective_equals_composition_values_and_gradients(family, D):
 
 
 @FORMS
+@pytest.mark.parametrize("fixed_prior", [False, True], ids=["learned-prior", "one-fixed-prior-tensor"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_exact_gradients_equal_autograd_of_the_composition(family, D, fixed_prior):
+    """The trainer's explicit gradients (one weight per model, no autograd graph in the
+    fused families) against autograd through the generic composition."""
+    fam = get_family(family)
+    x, enc, prior, phi = _inputs(fam, D=D, seed=7)
+    if family == "poisson":
+        with torch.no_grad():
+            enc[1, 2, 3] = 12.0  # the residual's soft clamp
+    if fixed_prior:  # a prior tensor that is a buffer, not a parameter: no gradient asked for
+        first = sorted(prior)[0]
+        prior[first] = prior[first].detach()
+    recon_weight, kl_weight = 0.25, torch.tensor([0.5, 3.0], dtype=torch.float64)
+    got = fam.exact_gradients(x, enc.detach(), prior, phi, recon_weight, kl_weight)
+    r_ref, k_ref = LatentFamily.exact_objective(fam, x, enc, prior, phi)
+    assert torch.allclose(got.recon, r_ref, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(got.kl, k_ref, rtol=1e-10, atol=1e-10)
+    total = (recon_weight * r_ref.sum(-1) + kl_weight * k_ref.sum(-1)).sum()
+    learned = sorted(n for n, t in prior.items() if t.requires_grad)
+    want = torch.autograd.grad(total, [enc, phi, *(prior[n] for n in learned)], allow_unused=True)
+    assert sorted(got.prior) == learned
+    for a, b in zip([got.enc, got.dictionary, *(got.prior[n] for n in learned)], want):
+        b = torch.zeros_like(a) if b is None else b
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+    # a buffer for the encoder's gradient is filled, not replaced, by the fused families
+    out = torch.full_like(enc, float("nan"))
+    again = fam.exact_gradients(x, enc.detach(), prior, phi, recon_weight, kl_weight, enc_grad_out=out)
+    assert torch.allclose(again.enc, got.enc, rtol=1e-12, atol=0)
+    if family in ("poisson", "gaussian_relu"):
+        assert again.enc.data_ptr() == out.data_ptr()
+
+
+@FORMS
 def test_fused_poisson_objective_passes_gradcheck_and_is_accurate_in_float32(D):
-    from poissonvae.families.poisson import _PoissonLinearFreeEnergy
+    from poissonvae.families.poisson_fused import PoissonLinearFreeEnergy
 
     fam = get_family("poisson")
     x, enc, prior, phi = _inputs(fam, D=D)
     x.requires_grad_()
-    assert torch.autograd.gradcheck(_PoissonLinearFreeEnergy.apply, (x, enc, prior["log_rate"], phi))
+    assert torch.autograd.gradcheck(PoissonLinearFreeEnergy.apply, (x, enc, prior["log_rate"], phi))
     # float32 with realistic scales: typical prior rates e^-5, residuals of a few units;
     # K = 128 (data space) or 16 (latent space) for 64 inputs
     K = 128 if D == 5 else 16
@@ -83,17 +117,17 @@ def test_fused_poisson_objective_passes_gradcheck_and_is_accurate_in_float32(D):
 
 def test_compiled_kernels_give_the_eager_values_and_gradients():
     """train.compile runs the same math through torch.compile'd kernels (opt-in)."""
-    from poissonvae.families.poisson import _PoissonLinearFreeEnergy
+    from poissonvae.families.poisson_fused import PoissonLinearFreeEnergy
 
     fam = get_family("poisson")
     x, enc, prior, phi = _inputs(fam, dtype=torch.float32, seed=4)
     lp = prior["log_rate"]
     leaves = [enc, lp, phi]
-    eager = _PoissonLinearFreeEnergy.apply(x, enc, lp, phi, False)
+    eager = PoissonLinearFreeEnergy.apply(x, enc, lp, phi, False)
     try:
         with warnings.catch_warnings():  # torch's compiler stack warns about its own deprecations
             warnings.simplefilter("ignore", DeprecationWarning)
-            compiled = _PoissonLinearFreeEnergy.apply(x, enc, lp, phi, True)
+            compiled = PoissonLinearFreeEnergy.apply(x, enc, lp, phi, True)
     except Exception as e:  # no C++ compiler / unsupported platform: the feature is opt-in
         pytest.skip(f"torch.compile is not usable here: {type(e).__name__}: {str(e)[:200]}")
     for a, b in zip(compiled, eager):

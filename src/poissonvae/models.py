@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .families import LatentFamily, Posterior, get_family
+from .families.base import ExactGradients
 
 
 # Ref. code: the Poisson prior's log-rates start in U(-6, -4) for a linear
@@ -151,6 +152,18 @@ class StackedVAE(nn.Module):
         recon, kl = self.family.exact_objective(x, enc, prior, dictionary, enc_grad_out)
         return Output(recon=recon, kl=kl, post=None)
 
+    def exact_gradients(self, x: Tensor, enc: Tensor, tensors: dict[str, Tensor] | None, recon_weight: float,
+                        kl_weight: Tensor, enc_grad_out: Tensor | None = None) -> ExactGradients:
+        """:meth:`LatentFamily.exact_gradients` for the models whose decoder and prior
+        ``tensors`` (from :meth:`piece_tensors`; ``None``: the whole stack's parameters
+        and buffers) and encoder output ``enc`` are given."""
+        if tensors is None:
+            prior, dictionary = self.prior(), self.dictionary
+        else:
+            prior = {name: tensors[f"prior_{name}"] for name in self.prior_names}
+            dictionary = tensors["dictionary"]
+        return self.family.exact_gradients(x, enc, prior, dictionary, recon_weight, kl_weight, enc_grad_out)
+
     def piece_tensors(self, models: slice) -> dict[str, Tensor]:
         """The dictionary and prior tensors of ``models`` (a slice of the model axis),
         keyed by their names in :meth:`state_dict`: detached views, made leaves that
@@ -204,10 +217,14 @@ class _SharedInputProduct(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         grad_x = torch.bmm(grad, weight).sum(0) if ctx.needs_input_grad[0] else None
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.bmm(grad.transpose(1, 2), x.expand(weight.shape[0], *x.shape))
+        grad_w = _shared_input_weight_grad(x, grad) if ctx.needs_input_grad[1] else None
         return grad_x, grad_w
+
+
+def _shared_input_weight_grad(x: Tensor, grad: Tensor) -> Tensor:
+    """``dF/dW[m] = g[m]^T x`` for ``enc[m] = x W[m]^T``: ``(M, n K, D)`` from ``x`` (B, D)
+    and ``g = dF/denc`` (M, B, n K)."""
+    return torch.bmm(grad.transpose(1, 2), x.expand(grad.shape[0], *x.shape))
 
 
 class LinearVAE(StackedVAE):
@@ -244,13 +261,20 @@ class LinearVAE(StackedVAE):
         self._register_priors(priors)
 
     #: the encoder is one batched product on the shared input, so the trainer can
-    #: run it once per batch however finely it splits the rest of the step
+    #: run it once per batch however finely it splits the rest of the step, and
+    #: take its weight gradient from :meth:`encoder_grads`
     single_product_encoder = True
 
     def encoder_output(self, x: Tensor) -> Tensor:
         """``W x`` of every model, ``(M, B, n * K)`` (contiguous), from the shared input."""
         self._check_input(x)
         return _SharedInputProduct.apply(x, self.encoder)
+
+    def encoder_grads(self, x: Tensor, enc_grad: Tensor) -> dict[str, Tensor]:
+        """The encoder's parameter gradients, keyed as in :meth:`state_dict`, from the
+        gradient ``enc_grad`` of its output ``(M, B, n * K)`` for the shared batch ``x``
+        (the trainer's explicit step, which runs the encoder without autograd)."""
+        return {"encoder": _shared_input_weight_grad(x, enc_grad)}
 
     def decode(self, h: Tensor) -> Tensor:
         """``x_hat = Phi h``: ``(M, B, K)`` -> ``(M, B, D)``."""

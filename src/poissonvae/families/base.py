@@ -14,6 +14,7 @@ everything returned are ``(M, B, K)``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,6 +22,17 @@ from torch import Tensor
 from ..functional import linear_reconstruction as _linear_reconstruction
 
 Posterior = dict[str, Tensor]
+
+
+class ExactGradients(NamedTuple):
+    """The closed-form free-energy terms of a linear decoder and the gradients of
+    their weighted sum (see :meth:`LatentFamily.exact_gradients`)."""
+
+    recon: Tensor  # (M, B)
+    kl: Tensor  # (M, B)
+    enc: Tensor  # dF/denc, (M, B, n K)
+    dictionary: Tensor | None  # dF/dPhi, (M, D, K); None when Phi needs no gradient
+    prior: dict[str, Tensor]  # dF/d(prior tensor), (M, K), for those that need a gradient
 
 
 class LatentFamily(ABC):
@@ -93,6 +105,30 @@ class LatentFamily(ABC):
         Families may fuse the whole computation; the result must equal this one."""
         mean, var, kl = self.exact_terms(enc, prior)
         return self.linear_reconstruction(x, dictionary, mean, var), kl
+
+    def exact_gradients(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor,
+                        recon_weight: float, kl_weight: Tensor,
+                        enc_grad_out: Tensor | None = None) -> ExactGradients:
+        """What a training step of the closed-form objective needs: the terms of
+        :meth:`exact_objective` and the gradients of
+        ``F = sum_{m, b} recon_weight * recon[m, b] + kl_weight[m] * KL[m, b]``
+        (``kl_weight`` ``(M,)``; the trainer's are ``1 / B`` and ``beta_m / B``) with
+        respect to ``enc``, ``dictionary`` and each prior tensor, those that require
+        a gradient (``enc``'s always). ``enc_grad_out``: see :meth:`exact_objective`.
+
+        This default differentiates :meth:`exact_objective` with autograd; fused
+        families write the backward out and build no graph at all.
+        """
+        enc = enc.detach().requires_grad_()
+        learned = {name: t for name, t in prior.items() if t.requires_grad}
+        wrt = [enc, *learned.values()] + ([dictionary] if dictionary.requires_grad else [])
+        with torch.enable_grad():
+            recon, kl = self.exact_objective(x, enc, prior, dictionary, enc_grad_out)
+            total = (recon.sum(-1) * recon_weight + kl.sum(-1) * kl_weight).sum()
+            grads = torch.autograd.grad(total, wrt, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
+        g_dict = grads[-1] if dictionary.requires_grad else None
+        return ExactGradients(recon.detach(), kl.detach(), grads[0], g_dict, dict(zip(learned, grads[1:])))
 
     def compile_kernels(self, enabled: bool = True) -> bool:
         """Use ``torch.compile``d kernels where the family has them; returns whether

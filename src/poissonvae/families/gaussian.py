@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from ..functional import gaussian_kl, relu_moments
-from .base import LatentFamily, Posterior
-from .rectified import RectifiedLinearFreeEnergy
+from .base import ExactGradients, LatentFamily, Posterior
+from .rectified import RectifiedLinearFreeEnergy, fused_backward, fused_forward
 
 # Ref. code guard on the log-scale: 5.3 tanh(x / 5.3) keeps sigma in
 # (e^-5.3, e^5.3) with a smooth, non-saturating gradient near 0.
@@ -100,6 +100,19 @@ class GaussianReluFamily(GaussianFamily):
                         enc_grad_out: Tensor | None = None):
         # the same values as the composition, in one fused function (families/rectified.py)
         return RectifiedLinearFreeEnergy.apply(x, enc, prior["mu"], prior["log_sigma"], dictionary, enc_grad_out)
+
+    def exact_gradients(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor,
+                        recon_weight: float, kl_weight: Tensor,
+                        enc_grad_out: Tensor | None = None) -> ExactGradients:
+        # the fused function's two halves called directly, one weight per model, no autograd graph
+        mu, log_sigma = prior["mu"], prior["log_sigma"]
+        with torch.no_grad():
+            recon, kl, state = fused_forward(x, enc, mu, log_sigma, dictionary)
+            needs = (False, True, mu.requires_grad, log_sigma.requires_grad, dictionary.requires_grad)
+            grads = fused_backward(state, float(recon_weight), kl_weight.view(-1, 1, 1), needs, enc_grad_out)
+        learned = {name: g for name, g, need in (("mu", grads[2], needs[2]), ("log_sigma", grads[3], needs[3]))
+                   if need}
+        return ExactGradients(recon, kl, grads[1], grads[4], learned)
 
     def rsample(self, post, temperature, hard=False, generator=None) -> Tensor:
         return torch.relu(self._z(post, generator))

@@ -12,6 +12,9 @@ per-sample weights ``g`` (dF/d recon):
 * ``dF/dPhi = 2 Phi (m^T diag(g) m + diag(e)) - 2 x^T (g m)``, where ``e`` adds the
   variance term's ``2 Phi diag(sum_b g v)`` (``e = sum_b g v``, from the caller).
 
+A weight ``g`` the same for every sample of a model (the trainer's, see
+:mod:`.weights`) scales the small products' results instead of the means.
+
 Why only for small K: its products cost ``2 B D K + 2 B K^2 + 2 D K^2`` per model
 against ``3 B D K`` in data space, so they win below K ~ D/2, and they save the
 passes over ``(M, B, D)`` tensors, which outweigh the ``(M, B, K)`` ones when K is
@@ -27,6 +30,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .weights import Weight, batch_sum, per_model
 
 
 def use_gram(input_dim: int, K: int) -> bool:
@@ -49,16 +54,24 @@ def gram_forward(x: Tensor, dictionary: Tensor, mean: Tensor) -> tuple[Tensor, T
     return sq_err, u, gram.diagonal(dim1=-2, dim2=-1)
 
 
-def gram_dictionary_grad(x: Tensor, dictionary: Tensor, mean: Tensor, g_recon: Tensor,
+def gram_dictionary_grad(x: Tensor, dictionary: Tensor, mean: Tensor, w: Weight,
                          extra: Tensor | None = None) -> Tensor:
-    """``dF/dPhi`` ``(M, D, K)`` of ``sum_b g_b (|x_b - Phi m_b|^2 + c . v_b)`` with
-    ``extra = sum_b g_b v_b`` ``(M, K)``; ``None`` when the variance is the mean
-    (Poisson), whose sum is then taken from ``g m``."""
+    """``dF/dPhi`` ``(M, D, K)`` of ``sum_b w_b (|x_b - Phi m_b|^2 + c . v_b)`` with
+    ``extra = sum_b w_b v_b`` ``(M, K)``; ``None`` when the variance is the mean
+    (Poisson), whose sum is then taken here. ``w``: a :data:`.weights.Weight`; a
+    per-model weight scales the ``(M, ., K)`` products' results, not the ``(M, B, K)`` means."""
     M = mean.shape[0]
-    weighted = mean * g_recon.unsqueeze(-1)  # g m
-    second = torch.bmm(mean.transpose(1, 2), weighted)  # m^T diag(g) m, (M, K, K)
-    second.diagonal(dim1=-2, dim2=-1).add_(weighted.sum(-2) if extra is None else extra)
-    return torch.baddbmm(torch.bmm(dictionary, second), _shared(x.T, M), weighted, beta=2.0, alpha=-2.0)
+    if per_model(w):
+        second = torch.bmm(mean.transpose(1, 2), mean).mul_(w)  # m^T diag(w) m, (M, K, K)
+        x_m = torch.bmm(_shared(x.T, M), mean).mul_(w)  # x^T (w m), (M, D, K)
+        diagonal = batch_sum(w, mean) if extra is None else extra
+    else:
+        weighted = mean * w
+        second = torch.bmm(mean.transpose(1, 2), weighted)
+        x_m = torch.bmm(_shared(x.T, M), weighted)
+        diagonal = weighted.sum(-2) if extra is None else extra
+    second.diagonal(dim1=-2, dim2=-1).add_(diagonal)
+    return torch.baddbmm(x_m, dictionary, second, beta=-2.0, alpha=2.0)
 
 
 def residual(x: Tensor, dictionary: Tensor, mean: Tensor) -> Tensor:

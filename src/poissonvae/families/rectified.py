@@ -3,8 +3,11 @@ autograd function (eqs. 5, 9, 17-19, 21).
 
 Composed from the family's pieces (posterior, relu moments, eq. 17, KL), autograd
 walks the ``(M, B, K)`` tensors ~60 times per step and allocates most of them
-fresh; this function computes the same values with a hand-derived backward in
-about a third of the passes, updating buffers in place where it can.
+fresh; :func:`fused_forward` and :func:`fused_backward` compute the same values with
+a hand-derived backward in about a third of the passes, updating buffers in place
+where it can. The autograd function :class:`RectifiedLinearFreeEnergy` calls them
+with autograd's per-sample weights, ``GaussianReluFamily.exact_gradients`` (the
+trainer's step) with one weight per model and no graph (see :mod:`.weights`).
 """
 
 from __future__ import annotations
@@ -14,115 +17,139 @@ from torch import Tensor
 
 from ..functional import relu_moment_terms
 from .gram import gram_dictionary_grad, gram_forward, residual, use_gram
+from .weights import Weight, add_weighted_, batch_sum, weight_total
 
 # the ref. code's log-scale guard c tanh(x / c) (see gaussian.guard_log_scale)
 _C = 5.3
 
 
-class RectifiedLinearFreeEnergy(torch.autograd.Function):
+def fused_forward(x: Tensor, enc: Tensor, prior_mu: Tensor, prior_log_sigma: Tensor,
+                  dictionary: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """``recon = |x - Phi m|^2 + c . v`` (eq. 17, ``c = diag(Phi^T Phi)``, ``m, v`` the
     moments of ``relu(z)``, eqs. 18-19) and ``KL = 1/2 sum [w0 (dmu^2 + sigma^2) - 1
     - 2 (ls - ls0)]`` (eq. 9, ``w0 = sigma0^-2``), with ``mu = mu0 + dmu`` and
-    ``ls = c tanh((ls0 + dv) / c)``, ``ls0 = c tanh(raw / c)`` (eq. 5 and the guard).
-
-    Backward, per element: ``dF/dm = -2 g_r Phi^T r``, ``dF/dv = g_r c``; through the
-    moments (see ``functional._ReluMoments``) to ``dF/dmu`` and ``dF/dsigma``;
-    ``dKL/d dmu = w0 dmu``, ``dKL/d ls = w0 sigma^2 - 1``; ``d ls / d dv = 1 - (ls/c)^2``.
-    The prior: ``dF/dmu0 = sum_b dF/dmu``; ``dF/d ls0 = sum_b dF/d dv + sum_b g_kl
-    (1 - w0 (dmu^2 + sigma^2))``, times the guard's slope. The dictionary:
-    ``dF/dPhi = -2 (g_r r)^T m + 2 Phi diag(sum_b g_r v)``.
+    ``ls = c tanh((ls0 + dv) / c)``, ``ls0 = c tanh(raw / c)`` (eq. 5 and the guard);
+    each ``(M, B)``, and the state :func:`fused_backward` needs.
 
     Shapes: ``x`` (B, D) shared, ``enc`` (M, B, 2K) holding ``(dmu, dv)``, the prior's
-    ``mu0`` and raw log-scale (M, K), ``Phi`` (M, D, K); returns recon and KL, (M, B).
+    ``mu0`` and raw log-scale (M, K), ``Phi`` (M, D, K).
 
     For K well below D the squared error is taken in latent space (:mod:`.gram`):
-    ``dF/dm = 2 g_r u`` with ``u = -Phi^T r``, and ``r`` is not formed.
+    the state holds ``u = -Phi^T r`` instead of the residual ``r``.
     """
+    K = dictionary.shape[-1]
+    if enc.shape[-1] != 2 * K:
+        raise ValueError(f"encoder output has {enc.shape[-1]} values per sample; K = {K} needs 2 * K")
+    dmu, dv = enc[..., :K], enc[..., K:]
+    ls0 = torch.tanh(prior_log_sigma / _C) * _C  # (M, K)
+    w0 = torch.exp(ls0 * -2.0).unsqueeze(-2)  # (M, 1, K)
+    # c tanh(y / c) = c - 2c sigmoid(-2y / c), y = ls0 + dv: three passes (tanh costs ~3 exps on a CPU)
+    ls = torch.add(ls0.unsqueeze(-2) * (-2.0 / _C), dv, alpha=-2.0 / _C).sigmoid_()
+    ls = torch.add(ls.new_full((), _C), ls, alpha=-2.0 * _C, out=ls)
+    sigma = torch.exp(ls)
+    sigma2 = torch.mul(sigma, sigma)  # used four times below
+    mean, var, cdf, phi = relu_moment_terms(torch.add(dmu, prior_mu.unsqueeze(-2)).div_(sigma))
+    mean.mul_(sigma)
+    var.mul_(sigma2)
+    if use_gram(x.shape[-1], K):  # r_or_u: u = -Phi^T r (M, B, K); else r = x - Phi m (M, B, D)
+        sq_err, r_or_u, column_norms = gram_forward(x, dictionary, mean)
+        column_norms = column_norms.unsqueeze(-2)  # (M, 1, K)
+    else:
+        r_or_u = residual(x, dictionary, mean)
+        column_norms = (dictionary * dictionary).sum(-2, keepdim=True)  # (M, 1, K)
+        sq_err = torch.linalg.vecdot(r_or_u, r_or_u)
+    recon = sq_err + torch.bmm(var, column_norms.transpose(-1, -2)).squeeze(-1)
+    # KL: 1/2 w0 (dmu^2 + sigma^2) - ls, summed, + sum ls0 - K/2
+    spread = torch.addcmul(sigma2, dmu, dmu)  # dmu^2 + sigma^2, kept for the prior's gradient
+    kl_terms = torch.mul(spread, 0.5 * w0).sub_(ls)
+    kl = kl_terms.sum(-1) + (ls0.sum(-1, keepdim=True) - 0.5 * K)
+    state = (r_or_u, x, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0, prior_log_sigma, dictionary,
+             column_norms)
+    return recon, kl, state
+
+
+def fused_backward(state: tuple[Tensor, ...], w_r: Weight, w_k: Weight, needs: tuple[bool, ...],
+                   enc_grad_out: Tensor | None = None) -> list[Tensor | None]:
+    """Gradients of ``sum w_r recon + w_k KL`` (weights: :mod:`.weights`) with respect
+    to ``(x, enc, mu0, raw log-scale0, Phi)``, those that ``needs`` asks for; ``dF/denc``
+    goes into ``enc_grad_out`` if given.
+
+    Per element: ``dF/dm = -2 w_r Phi^T r``, ``dF/dv = w_r c``; through the
+    moments (see ``functional._ReluMoments``) to ``dF/dmu`` and ``dF/dsigma``;
+    ``dKL/d dmu = w0 dmu``, ``dKL/d ls = w0 sigma^2 - 1``; ``d ls / d dv = 1 - (ls/c)^2``.
+    The prior: ``dF/dmu0 = sum_b dF/dmu``; ``dF/d ls0 = sum_b dF/d dv + sum_b w_k
+    (1 - w0 (dmu^2 + sigma^2))``, times the guard's slope. The dictionary:
+    ``dF/dPhi = -2 (w_r r)^T m + 2 Phi diag(sum_b w_r v)``.
+    """
+    (r_or_u, x, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0, prior_log_sigma, dictionary,
+     column_norms) = state
+    need_x, need_enc, need_mu0, need_ls0, need_dict = needs
+    K = dictionary.shape[-1]
+    dmu = enc[..., :K]
+    gram = use_gram(x.shape[-1], K)
+    # data space: dF/dx_hat = -2 w_r r, as a tensor r_w and the products' alpha
+    r_w, alpha = (r_or_u * w_r, -2.0) if isinstance(w_r, Tensor) else (r_or_u, -2.0 * w_r)
+    if gram:
+        g_mean = torch.mul(r_or_u, 2.0 * w_r)  # 2 w_r u = -2 w_r Phi^T r, (M, B, K)
+    else:
+        # -2 w_r Phi^T r, (M, B, K): the weight rides in the product (beta = 0 ignores the input)
+        g_mean = torch.baddbmm(r_w.new_zeros(()), r_w, dictionary, beta=0.0, alpha=alpha)
+    g_enc = torch.empty_like(enc) if enc_grad_out is None else enc_grad_out
+    g_dmu, g_dv = g_enc[..., :K], g_enc[..., K:]
+    # through the moments, with dF/dv = w_r c: dF/dmu = g_m cdf + 2 g_v m (1 - cdf)
+    torch.mul(g_mean, cdf, out=g_dmu)
+    tmp = torch.addcmul(mean, mean, cdf, value=-1.0).mul_(column_norms)
+    add_weighted_(g_dmu, tmp, w_r, 2.0)
+    # dF/dsigma = g_m phi + 2 g_v (sigma cdf - m phi); then dF/dls = sigma dF/dsigma + w_k (w0 sigma^2 - 1)
+    torch.mul(sigma, cdf, out=tmp).addcmul_(mean, phi, value=-1.0).mul_(column_norms)
+    g_ls = add_weighted_(g_mean.mul_(phi), tmp, w_r, 2.0).mul_(sigma)
+    torch.mul(sigma2, w0, out=tmp).sub_(1.0)
+    add_weighted_(g_ls, tmp, w_k)
+    # through the guard: d ls / d dv = 1 - (ls / c)^2
+    torch.addcmul(ls.new_ones(()), ls, ls, value=-1.0 / _C**2, out=tmp)
+    torch.mul(g_ls, tmp, out=g_dv)
+    grads: list[Tensor | None] = [None] * 5
+    if need_mu0:  # mu = mu0 + dmu reaches F through the moments only (the KL sees dmu)
+        grads[2] = g_dmu.sum(-2)
+    # the KL's own dmu term: w_k w0 dmu
+    torch.mul(dmu, w0, out=tmp)
+    add_weighted_(g_dmu, tmp, w_k)
+    if need_x:  # dF/dx = sum_m 2 w_r r
+        if gram:
+            r = residual(x, dictionary, mean)
+            r_w = r * w_r if isinstance(w_r, Tensor) else r
+        grads[0] = r_w.sum(0).mul_(2.0 if isinstance(w_r, Tensor) else 2.0 * w_r)
+    if need_enc:
+        grads[1] = g_enc
+    if need_ls0:
+        kl_spread = batch_sum(w_k, spread)  # sum_b w_k (dmu^2 + sigma^2)
+        g_ls0 = g_dv.sum(-2) + weight_total(w_k, enc.shape[-2]) - w0.squeeze(-2) * kl_spread
+        grads[3] = g_ls0 * (1.0 - (ls0 / _C) ** 2)
+    if need_dict:
+        g_var_sum = batch_sum(w_r, var)  # sum_b w_r v, (M, K)
+        if gram:
+            grads[4] = gram_dictionary_grad(x, dictionary, mean, w_r, g_var_sum)
+        else:
+            grads[4] = torch.baddbmm(dictionary * (2.0 * g_var_sum).unsqueeze(-2), r_w.transpose(-1, -2), mean,
+                                     alpha=alpha)
+    return grads
+
+
+class RectifiedLinearFreeEnergy(torch.autograd.Function):
+    """:func:`fused_forward` and :func:`fused_backward` as one autograd function:
+    ``(x, enc, mu0, raw log-scale0, Phi, enc_grad_out) -> (recon, KL)``, each (M, B)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, enc: Tensor, prior_mu: Tensor, prior_log_sigma: Tensor, dictionary: Tensor,
                 enc_grad_out: Tensor | None = None):
-        K = dictionary.shape[-1]
-        if enc.shape[-1] != 2 * K:
-            raise ValueError(f"encoder output has {enc.shape[-1]} values per sample; K = {K} needs 2 * K")
-        dmu, dv = enc[..., :K], enc[..., K:]
-        ls0 = torch.tanh(prior_log_sigma / _C) * _C  # (M, K)
-        w0 = torch.exp(ls0 * -2.0).unsqueeze(-2)  # (M, 1, K)
-        # c tanh(y / c) = c - 2c sigmoid(-2y / c), y = ls0 + dv: three passes (tanh costs ~3 exps on a CPU)
-        ls = torch.add(ls0.unsqueeze(-2) * (-2.0 / _C), dv, alpha=-2.0 / _C).sigmoid_()
-        ls = torch.add(ls.new_full((), _C), ls, alpha=-2.0 * _C, out=ls)
-        sigma = torch.exp(ls)
-        sigma2 = torch.mul(sigma, sigma)  # used four times below
-        mean, var, cdf, phi = relu_moment_terms(torch.add(dmu, prior_mu.unsqueeze(-2)).div_(sigma))
-        mean.mul_(sigma)
-        var.mul_(sigma2)
-        ctx.gram = use_gram(x.shape[-1], K)
-        if ctx.gram:  # r_or_u: u = -Phi^T r (M, B, K); else r = x - Phi m (M, B, D)
-            sq_err, r_or_u, column_norms = gram_forward(x, dictionary, mean)
-            column_norms = column_norms.unsqueeze(-2)  # (M, 1, K)
-        else:
-            r_or_u = residual(x, dictionary, mean)
-            column_norms = (dictionary * dictionary).sum(-2, keepdim=True)  # (M, 1, K)
-            sq_err = torch.linalg.vecdot(r_or_u, r_or_u)
-        recon = sq_err + torch.bmm(var, column_norms.transpose(-1, -2)).squeeze(-1)
-        # KL: 1/2 w0 (dmu^2 + sigma^2) - ls, summed, + sum ls0 - K/2
-        spread = torch.addcmul(sigma2, dmu, dmu)  # dmu^2 + sigma^2, kept for the prior's gradient
-        kl_terms = torch.mul(spread, 0.5 * w0).sub_(ls)
-        kl = kl_terms.sum(-1) + (ls0.sum(-1, keepdim=True) - 0.5 * K)
-        ctx.save_for_backward(r_or_u, x, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0,
-                              prior_log_sigma, dictionary, column_norms)
+        recon, kl, state = fused_forward(x, enc, prior_mu, prior_log_sigma, dictionary)
+        ctx.save_for_backward(*state)
         ctx.enc_grad_out = enc_grad_out  # where to write dF/denc (see LatentFamily.exact_objective)
         return recon, kl
 
     @staticmethod
     def backward(ctx, g_recon: Tensor, g_kl: Tensor):
-        (r_or_u, x, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0, prior_log_sigma, dictionary,
-         column_norms) = ctx.saved_tensors
-        need_x, need_enc, need_mu0, need_ls0, need_dict = ctx.needs_input_grad[:5]
-        K = dictionary.shape[-1]
-        dmu = enc[..., :K]
-        g_r, g_k = g_recon.unsqueeze(-1), g_kl.unsqueeze(-1)  # (M, B, 1)
-        if ctx.gram:
-            gr = None  # dF/dx_hat, formed only for the input's gradient
-            g_mean = torch.mul(r_or_u, 2.0 * g_r)  # 2 g_r u = -2 g_r Phi^T r, (M, B, K)
-        else:
-            gr = r_or_u * (-2.0 * g_r)  # dF/dx_hat, (M, B, D)
-            g_mean = torch.bmm(gr, dictionary)  # (M, B, K)
-        g_enc = torch.empty_like(enc) if ctx.enc_grad_out is None else ctx.enc_grad_out
-        ctx.enc_grad_out = None  # hand the only reference to autograd
-        g_dmu, g_dv = g_enc[..., :K], g_enc[..., K:]
-        # through the moments, with dF/dv = g_r c: dF/dmu = g_m cdf + 2 g_v m (1 - cdf)
-        torch.mul(g_mean, cdf, out=g_dmu)
-        tmp = torch.addcmul(mean, mean, cdf, value=-1.0).mul_(column_norms)
-        g_dmu.addcmul_(tmp, g_r, value=2.0)
-        # dF/dsigma = g_m phi + 2 g_v (sigma cdf - m phi); then dF/dls = sigma dF/dsigma + g_kl (w0 sigma^2 - 1)
-        torch.mul(sigma, cdf, out=tmp).addcmul_(mean, phi, value=-1.0).mul_(column_norms)
-        g_ls = g_mean.mul_(phi).addcmul_(tmp, g_r, value=2.0).mul_(sigma)
-        torch.mul(sigma2, w0, out=tmp).sub_(1.0)
-        g_ls.addcmul_(tmp, g_k)
-        # through the guard: d ls / d dv = 1 - (ls / c)^2
-        torch.addcmul(ls.new_ones(()), ls, ls, value=-1.0 / _C**2, out=tmp)
-        torch.mul(g_ls, tmp, out=g_dv)
-        grads = [None] * 6
-        if need_mu0:  # mu = mu0 + dmu reaches F through the moments only (the KL sees dmu)
-            grads[2] = g_dmu.sum(-2)
-        # the KL's own dmu term: g_kl w0 dmu
-        torch.mul(dmu, w0, out=tmp)
-        g_dmu.addcmul_(tmp, g_k)
-        if need_x:
-            if gr is None:
-                gr = residual(x, dictionary, mean) * (-2.0 * g_r)
-            grads[0] = gr.sum(0).neg_()
-        if need_enc:
-            grads[1] = g_enc
-        if need_ls0:
-            kl_spread = torch.bmm(g_kl.unsqueeze(-2), spread).squeeze(-2)  # sum_b g_kl (dmu^2 + sigma^2)
-            g_ls0 = g_dv.sum(-2) + g_kl.sum(-1, keepdim=True) - w0.squeeze(-2) * kl_spread
-            grads[3] = g_ls0 * (1.0 - (ls0 / _C) ** 2)
-        if need_dict:
-            g_var_sum = torch.bmm(g_recon.unsqueeze(-2), var)  # sum_b g_r v, (M, 1, K)
-            if ctx.gram:
-                grads[4] = gram_dictionary_grad(x, dictionary, mean, g_recon, g_var_sum.squeeze(-2))
-            else:
-                grads[4] = torch.baddbmm(dictionary * (2.0 * g_var_sum), gr.transpose(-1, -2), mean)
-        return tuple(grads)
+        out, ctx.enc_grad_out = ctx.enc_grad_out, None  # hand the only reference to autograd
+        grads = fused_backward(ctx.saved_tensors, g_recon.unsqueeze(-1), g_kl.unsqueeze(-1),
+                               ctx.needs_input_grad[:5], out)
+        return (*grads, None)
