@@ -224,7 +224,7 @@ class Trainer:
         if n_pieces == 1:  # the whole stack: its tensors are the parameters, whose gradients these are
             out = model.exact_gradients(x, enc, None, 1.0 / B, beta / B)
             g_enc, grads = out.enc, {name: g for name, g in self._found(out).items() if name in params}
-            recon, kl = out.recon.sum(-1), out.kl.sum(-1)
+            recon, kl = out.recon, out.kl
             totals = torch.stack([recon + beta * kl, recon, kl])
         else:
             g_enc, grads, totals = self._exact_gradients_by_pieces(x, enc, beta, n_pieces, params)
@@ -265,7 +265,7 @@ class Trainer:
                 if name not in grads:
                     grads[name] = torch.empty_like(params[name])
                 grads[name][models] = grad
-            recon, kl = out.recon.sum(-1), out.kl.sum(-1)
+            recon, kl = out.recon, out.kl
             totals[:, models] = torch.stack([recon + piece_beta * kl, recon, kl])
         return g_enc, grads, totals
 

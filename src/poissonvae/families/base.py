@@ -28,8 +28,8 @@ class ExactGradients(NamedTuple):
     """The closed-form free-energy terms of a linear decoder and the gradients of
     their weighted sum (see :meth:`LatentFamily.exact_gradients`)."""
 
-    recon: Tensor  # (M, B)
-    kl: Tensor  # (M, B)
+    recon: Tensor  # (M,), summed over the batch
+    kl: Tensor  # (M,), summed over the batch
     enc: Tensor  # dF/denc, (M, B, n K)
     dictionary: Tensor | None  # dF/dPhi, (M, D, K); None when Phi needs no gradient
     prior: dict[str, Tensor]  # dF/d(prior tensor), (M, K), for those that need a gradient
@@ -110,7 +110,7 @@ class LatentFamily(ABC):
                         recon_weight: float, kl_weight: Tensor,
                         enc_grad_out: Tensor | None = None) -> ExactGradients:
         """What a training step of the closed-form objective needs: the terms of
-        :meth:`exact_objective` and the gradients of
+        :meth:`exact_objective` summed over the batch, and the gradients of
         ``F = sum_{m, b} recon_weight * recon[m, b] + kl_weight[m] * KL[m, b]``
         (``kl_weight`` ``(M,)``; the trainer's are ``1 / B`` and ``beta_m / B``) with
         respect to ``enc``, ``dictionary`` and each prior tensor, those that require
@@ -128,7 +128,8 @@ class LatentFamily(ABC):
             grads = torch.autograd.grad(total, wrt, allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
         g_dict = grads[-1] if dictionary.requires_grad else None
-        return ExactGradients(recon.detach(), kl.detach(), grads[0], g_dict, dict(zip(learned, grads[1:])))
+        return ExactGradients(recon.detach().sum(-1), kl.detach().sum(-1), grads[0], g_dict,
+                              dict(zip(learned, grads[1:])))
 
     def compile_kernels(self, enabled: bool = True) -> bool:
         """Use ``torch.compile``d kernels where the family has them; returns whether

@@ -107,7 +107,7 @@ class GaussianReluFamily(GaussianFamily):
         # the fused function's two halves called directly, one weight per model, no autograd graph
         mu, log_sigma = prior["mu"], prior["log_sigma"]
         with torch.no_grad():
-            recon, kl, state = fused_forward(x, enc, mu, log_sigma, dictionary)
+            recon, kl, state = fused_forward(x, enc, mu, log_sigma, dictionary, per_sample=False)
             needs = (False, True, mu.requires_grad, log_sigma.requires_grad, dictionary.requires_grad)
             grads = fused_backward(state, float(recon_weight), kl_weight.view(-1, 1, 1), needs, enc_grad_out)
         learned = {name: g for name, g, need in (("mu", grads[2], needs[2]), ("log_sigma", grads[3], needs[3]))

@@ -82,7 +82,7 @@ class PoissonFamily(LatentFamily):
         # weight per model: no autograd graph, and the reconstruction weight rides in the products
         log_rate = prior["log_rate"]
         with torch.no_grad():
-            recon, kl, state = fused_forward(x, enc, log_rate, dictionary, self.compiled)
+            recon, kl, state = fused_forward(x, enc, log_rate, dictionary, self.compiled, per_sample=False)
             needs = (False, True, log_rate.requires_grad, dictionary.requires_grad)
             grads = fused_backward(state, float(recon_weight), kl_weight.view(-1, 1, 1), needs, self.compiled,
                                    enc_grad_out)

@@ -138,13 +138,18 @@ class PoissonState(NamedTuple):
     prior: Tensor
     c: Tensor
     log_prior_raw: Tensor
+    rate_sum: Tensor | None  # sum_b lambda (M, K), when the forward formed it
 
 
 def fused_forward(x: Tensor, enc: Tensor, log_prior_raw: Tensor, dictionary: Tensor,
-                  compiled: bool = False) -> tuple[Tensor, Tensor, PoissonState]:
-    """Recon and KL per sample ``(M, B)`` and the state for :func:`fused_backward`.
-    Shapes: ``x`` (B, D) shared, ``enc`` (M, B, K), ``log_prior_raw`` (M, K), ``Phi``
-    (M, D, K). ``compiled``: the elementwise part as a ``torch.compile``d kernel.
+                  compiled: bool = False, per_sample: bool = True) -> tuple[Tensor, Tensor, PoissonState]:
+    """Recon and KL per sample ``(M, B)`` (``per_sample=False``: summed over the batch,
+    ``(M,)``) and the state for :func:`fused_backward`. Shapes: ``x`` (B, D) shared,
+    ``enc`` (M, B, K), ``log_prior_raw`` (M, K), ``Phi`` (M, D, K). ``compiled``: the
+    elementwise part as a ``torch.compile``d kernel.
+
+    The sums over the batch come from ``sum_b lambda`` (M, K), which the backward
+    needs anyway: two passes over the rates fewer than the per-sample terms.
 
     The squared error is taken in latent space when K is well below D (:mod:`.gram`),
     else from the residual ``r``, whose product has exactly ``D`` outputs: one with
@@ -165,11 +170,18 @@ def fused_forward(x: Tensor, enc: Tensor, log_prior_raw: Tensor, dictionary: Ten
         r_or_u = residual(x, dictionary, rate)
         column_norms = torch.linalg.vecdot(dictionary, dictionary, dim=-2)  # (M, K)
         sq_err = torch.linalg.vecdot(r_or_u, r_or_u)
-    # c . lambda: a matrix-vector product (50 us here; with sum_k lambda as a second
-    # column, a two-column product took 340 us against 78 us for both apart)
-    recon = sq_err + torch.bmm(rate, column_norms.unsqueeze(-1)).squeeze(-1)
-    kl = rate_delta_sum - rate.sum(-1) + prior.sum(-1)
-    state = PoissonState(x, r_or_u, column_norms, dictionary, rate, p, rate_delta, prior, c, log_prior_raw)
+    if per_sample:
+        # c . lambda: a matrix-vector product (50 us here; with sum_k lambda as a second
+        # column, a two-column product took 340 us against 78 us for both apart)
+        rate_sum = None
+        recon = sq_err + torch.bmm(rate, column_norms.unsqueeze(-1)).squeeze(-1)
+        kl = rate_delta_sum - rate.sum(-1) + prior.sum(-1)
+    else:
+        rate_sum = rate.sum(-2)
+        recon = sq_err.sum(-1) + torch.linalg.vecdot(rate_sum, column_norms)
+        kl = rate_delta_sum.sum(-1) - rate_sum.sum(-1) + rate.shape[-2] * prior.sum((-2, -1))
+    state = PoissonState(x, r_or_u, column_norms, dictionary, rate, p, rate_delta, prior, c, log_prior_raw,
+                         rate_sum)
     return recon, kl, state
 
 
@@ -201,7 +213,9 @@ def fused_backward(s: PoissonState, w_r: Weight, w_k: Weight, needs: tuple[bool,
             g_enc = enc_grad_out.copy_(g_enc)
     else:
         g_enc, g_s_sum = _enc_and_s_grads(g_rate, w_k, s.rate, s.p, s.rate_delta, s.c, out=enc_grad_out)
-    rate_sum = s.rate.sum(-2) if (need_prior or need_dict) and (per_model(w_r) or per_model(w_k)) else None
+    rate_sum = s.rate_sum
+    if rate_sum is None and (need_prior or need_dict) and (per_model(w_r) or per_model(w_k)):
+        rate_sum = s.rate.sum(-2)
     grads: list[Tensor | None] = [None, g_enc if need_enc else None, None, None]
     if need_x:  # dF/dx = sum_m 2 w_r r
         if gram:

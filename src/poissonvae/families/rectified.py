@@ -23,13 +23,15 @@ from .weights import Weight, add_weighted_, batch_sum, weight_total
 _C = 5.3
 
 
-def fused_forward(x: Tensor, enc: Tensor, prior_mu: Tensor, prior_log_sigma: Tensor,
-                  dictionary: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+def fused_forward(x: Tensor, enc: Tensor, prior_mu: Tensor, prior_log_sigma: Tensor, dictionary: Tensor,
+                  per_sample: bool = True) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...]]:
     """``recon = |x - Phi m|^2 + c . v`` (eq. 17, ``c = diag(Phi^T Phi)``, ``m, v`` the
     moments of ``relu(z)``, eqs. 18-19) and ``KL = 1/2 sum [w0 (dmu^2 + sigma^2) - 1
     - 2 (ls - ls0)]`` (eq. 9, ``w0 = sigma0^-2``), with ``mu = mu0 + dmu`` and
     ``ls = c tanh((ls0 + dv) / c)``, ``ls0 = c tanh(raw / c)`` (eq. 5 and the guard);
-    each ``(M, B)``, and the state :func:`fused_backward` needs.
+    each ``(M, B)`` (``per_sample=False``: summed over the batch, ``(M,)``, from the
+    sums over the batch that the backward needs anyway), and the state
+    :func:`fused_backward` needs.
 
     Shapes: ``x`` (B, D) shared, ``enc`` (M, B, 2K) holding ``(dmu, dv)``, the prior's
     ``mu0`` and raw log-scale (M, K), ``Phi`` (M, D, K).
@@ -58,13 +60,21 @@ def fused_forward(x: Tensor, enc: Tensor, prior_mu: Tensor, prior_log_sigma: Ten
         r_or_u = residual(x, dictionary, mean)
         column_norms = (dictionary * dictionary).sum(-2, keepdim=True)  # (M, 1, K)
         sq_err = torch.linalg.vecdot(r_or_u, r_or_u)
-    recon = sq_err + torch.bmm(var, column_norms.transpose(-1, -2)).squeeze(-1)
     # KL: 1/2 w0 (dmu^2 + sigma^2) - ls, summed, + sum ls0 - K/2
     spread = torch.addcmul(sigma2, dmu, dmu)  # dmu^2 + sigma^2, kept for the prior's gradient
-    kl_terms = torch.mul(spread, 0.5 * w0).sub_(ls)
-    kl = kl_terms.sum(-1) + (ls0.sum(-1, keepdim=True) - 0.5 * K)
+    if per_sample:
+        var_sum = spread_sum = None
+        recon = sq_err + torch.bmm(var, column_norms.transpose(-1, -2)).squeeze(-1)
+        kl_terms = torch.mul(spread, 0.5 * w0).sub_(ls)
+        kl = kl_terms.sum(-1) + (ls0.sum(-1, keepdim=True) - 0.5 * K)
+    else:  # sums over the batch first: (M, K) vectors, no (M, B, K) KL terms
+        B = enc.shape[-2]
+        var_sum, spread_sum = var.sum(-2), spread.sum(-2)
+        recon = sq_err.sum(-1) + torch.linalg.vecdot(var_sum, column_norms.squeeze(-2))
+        kl = (0.5 * torch.linalg.vecdot(spread_sum, w0.squeeze(-2)) - ls.sum((-2, -1))
+              + B * (ls0.sum(-1) - 0.5 * K))
     state = (r_or_u, x, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0, prior_log_sigma, dictionary,
-             column_norms)
+             column_norms, var_sum, spread_sum)
     return recon, kl, state
 
 
@@ -82,7 +92,7 @@ def fused_backward(state: tuple[Tensor, ...], w_r: Weight, w_k: Weight, needs: t
     ``dF/dPhi = -2 (w_r r)^T m + 2 Phi diag(sum_b w_r v)``.
     """
     (r_or_u, x, enc, sigma, sigma2, spread, ls, mean, var, cdf, phi, w0, ls0, prior_log_sigma, dictionary,
-     column_norms) = state
+     column_norms, var_sum, spread_sum) = state
     need_x, need_enc, need_mu0, need_ls0, need_dict = needs
     K = dictionary.shape[-1]
     dmu = enc[..., :K]
@@ -122,11 +132,11 @@ def fused_backward(state: tuple[Tensor, ...], w_r: Weight, w_k: Weight, needs: t
     if need_enc:
         grads[1] = g_enc
     if need_ls0:
-        kl_spread = batch_sum(w_k, spread)  # sum_b w_k (dmu^2 + sigma^2)
+        kl_spread = batch_sum(w_k, spread, spread_sum)  # sum_b w_k (dmu^2 + sigma^2)
         g_ls0 = g_dv.sum(-2) + weight_total(w_k, enc.shape[-2]) - w0.squeeze(-2) * kl_spread
         grads[3] = g_ls0 * (1.0 - (ls0 / _C) ** 2)
     if need_dict:
-        g_var_sum = batch_sum(w_r, var)  # sum_b w_r v, (M, K)
+        g_var_sum = batch_sum(w_r, var, var_sum)  # sum_b w_r v, (M, K)
         if gram:
             grads[4] = gram_dictionary_grad(x, dictionary, mean, w_r, g_var_sum)
         else:
