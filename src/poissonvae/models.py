@@ -137,19 +137,10 @@ class StackedVAE(nn.Module):
         recon = ((x - self.decode(h)) ** 2).sum(-1)
         return Output(recon=recon, kl=self.family.kl(post).sum(-1), post=post)
 
-    def exact_output(self, x: Tensor, enc: Tensor, enc_grad_out: Tensor | None = None,
-                     tensors: dict[str, Tensor] | None = None) -> Output:
+    def exact_output(self, x: Tensor, enc: Tensor) -> Output:
         """The closed-form free-energy terms (eqs. 17, 21) from the encoder output
-        ``enc`` of the batch ``x`` (linear decoders only); ``enc_grad_out``: see
-        :meth:`LatentFamily.exact_objective`. ``tensors``: the decoder's and priors'
-        tensors of some of the models (from :meth:`piece_tensors`) in place of the
-        whole stack's; ``enc`` then holds those models only."""
-        if tensors is None:
-            prior, dictionary = self.prior(), self.dictionary
-        else:
-            prior = {name: tensors[f"prior_{name}"] for name in self.prior_names}
-            dictionary = tensors["dictionary"]
-        recon, kl = self.family.exact_objective(x, enc, prior, dictionary, enc_grad_out)
+        ``enc`` of the batch ``x`` (linear decoders only)."""
+        recon, kl = self.family.exact_objective(x, enc, self.prior(), self.dictionary)
         return Output(recon=recon, kl=kl, post=None)
 
     def exact_gradients(self, x: Tensor, enc: Tensor, tensors: dict[str, Tensor] | None, recon_weight: float,

@@ -223,15 +223,18 @@ class Trainer:
         params = dict(model.named_parameters())
         if n_pieces == 1:  # the whole stack: its tensors are the parameters, whose gradients these are
             out = model.exact_gradients(x, enc, None, 1.0 / B, beta / B)
-            g_enc, grads = out.enc, {name: g for name, g in self._found(out).items() if name in params}
-            recon, kl = out.recon, out.kl
-            totals = torch.stack([recon + beta * kl, recon, kl])
+            g_enc, grads, totals = out.enc, self._found(out), self._totals(out, beta)
         else:
             g_enc, grads, totals = self._exact_gradients_by_pieces(x, enc, beta, n_pieces, params)
         grads.update(model.encoder_grads(x, g_enc))
         for name, grad in grads.items():
             params[name].grad = grad
         return totals
+
+    @staticmethod
+    def _totals(out, beta: Tensor) -> Tensor:
+        """(F, recon, KL) summed over the batch, ``(3, m)``, from a family's ``ExactGradients``."""
+        return torch.stack([out.recon + beta * out.kl, out.recon, out.kl])
 
     @staticmethod
     def _found(out) -> dict[str, Tensor]:
@@ -259,14 +262,11 @@ class Trainer:
                                         enc_grad_out=g_enc[models])
             if out.enc.data_ptr() != g_enc[models].data_ptr():
                 g_enc[models] = out.enc  # a family that did not write into the buffer
-            for name, grad in self._found(out).items():
-                if name not in params:
-                    continue
+            for name, grad in self._found(out).items():  # only the parameters' (learned) gradients
                 if name not in grads:
                     grads[name] = torch.empty_like(params[name])
                 grads[name][models] = grad
-            recon, kl = out.recon, out.kl
-            totals[:, models] = torch.stack([recon + piece_beta * kl, recon, kl])
+            totals[:, models] = self._totals(out, piece_beta)
         return g_enc, grads, totals
 
     def train_epoch(self) -> dict:

@@ -94,14 +94,11 @@ class LatentFamily(ABC):
         units are coupled (one categorical variable) override it."""
         return _linear_reconstruction(x, dictionary, mean, var)
 
-    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor,
-                        enc_grad_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor],
+                        dictionary: Tensor) -> tuple[Tensor, Tensor]:
         """Closed-form free-energy terms of a linear decoder (eqs. 17, 20-21): the
         reconstruction ``E_q ||x - Phi h||^2`` and the KL, each ``(M, B)``, from the
         shared input ``x`` ``(B, D)``, encoder output, prior and ``Phi`` ``(M, D, K)``.
-        ``enc_grad_out`` (shaped and strided like ``enc``) is where a fused family
-        may write the gradient of ``enc`` instead of a fresh tensor (the trainer's
-        split step passes a slice of its buffer); the composition ignores it.
         Families may fuse the whole computation; the result must equal this one."""
         mean, var, kl = self.exact_terms(enc, prior)
         return self.linear_reconstruction(x, dictionary, mean, var), kl
@@ -114,7 +111,10 @@ class LatentFamily(ABC):
         ``F = sum_{m, b} recon_weight * recon[m, b] + kl_weight[m] * KL[m, b]``
         (``kl_weight`` ``(M,)``; the trainer's are ``1 / B`` and ``beta_m / B``) with
         respect to ``enc``, ``dictionary`` and each prior tensor, those that require
-        a gradient (``enc``'s always). ``enc_grad_out``: see :meth:`exact_objective`.
+        a gradient (``enc``'s always). ``enc_grad_out`` (shaped and strided like
+        ``enc``) is where a fused family may write the gradient of ``enc`` instead of
+        a fresh tensor (the trainer's split step passes a slice of its buffer); this
+        default ignores it.
 
         This default differentiates :meth:`exact_objective` with autograd; fused
         families write the backward out and build no graph at all.
@@ -123,7 +123,7 @@ class LatentFamily(ABC):
         learned = {name: t for name, t in prior.items() if t.requires_grad}
         wrt = [enc, *learned.values()] + ([dictionary] if dictionary.requires_grad else [])
         with torch.enable_grad():
-            recon, kl = self.exact_objective(x, enc, prior, dictionary, enc_grad_out)
+            recon, kl = self.exact_objective(x, enc, prior, dictionary)
             total = (recon.sum(-1) * recon_weight + kl.sum(-1) * kl_weight).sum()
             grads = torch.autograd.grad(total, wrt, allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]

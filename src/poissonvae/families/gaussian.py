@@ -96,10 +96,9 @@ class GaussianReluFamily(GaussianFamily):
     def moments(self, post: Posterior) -> tuple[Tensor, Tensor]:
         return relu_moments(post["mu"], post["sigma"])  # eqs. (18)-(19)
 
-    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor,
-                        enc_grad_out: Tensor | None = None):
+    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor):
         # the same values as the composition, in one fused function (families/rectified.py)
-        return RectifiedLinearFreeEnergy.apply(x, enc, prior["mu"], prior["log_sigma"], dictionary, enc_grad_out)
+        return RectifiedLinearFreeEnergy.apply(x, enc, prior["mu"], prior["log_sigma"], dictionary)
 
     def exact_gradients(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor,
                         recon_weight: float, kl_weight: Tensor,

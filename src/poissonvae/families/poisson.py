@@ -71,9 +71,8 @@ class PoissonFamily(LatentFamily):
         rate, kl = PoissonExactTerms.apply(enc, prior["log_rate"])
         return rate, rate, kl  # Poisson: mean = variance = lambda
 
-    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor,
-                        enc_grad_out: Tensor | None = None):
-        return PoissonLinearFreeEnergy.apply(x, enc, prior["log_rate"], dictionary, self.compiled, enc_grad_out)
+    def exact_objective(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor):
+        return PoissonLinearFreeEnergy.apply(x, enc, prior["log_rate"], dictionary, self.compiled)
 
     def exact_gradients(self, x: Tensor, enc: Tensor, prior: dict[str, Tensor], dictionary: Tensor,
                         recon_weight: float, kl_weight: Tensor,

@@ -237,25 +237,21 @@ def fused_backward(s: PoissonState, w_r: Weight, w_k: Weight, needs: tuple[bool,
 
 class PoissonLinearFreeEnergy(torch.autograd.Function):
     """:func:`fused_forward` and :func:`fused_backward` as one autograd function:
-    ``(x, enc, log_prior_raw, Phi, compiled, enc_grad_out) -> (recon, KL)``, each (M, B).
-    ``enc_grad_out`` (shaped like ``enc``): where to write ``dF/denc``."""
+    ``(x, enc, log_prior_raw, Phi, compiled) -> (recon, KL)``, each (M, B)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, enc: Tensor, log_prior_raw: Tensor, dictionary: Tensor, compiled: bool = False,
-                enc_grad_out: Tensor | None = None):
+    def forward(ctx, x: Tensor, enc: Tensor, log_prior_raw: Tensor, dictionary: Tensor, compiled: bool = False):
         recon, kl, state = fused_forward(x, enc, log_prior_raw, dictionary, compiled)
         ctx.save_for_backward(*state)
         ctx.compiled = compiled
-        ctx.enc_grad_out = enc_grad_out
         return recon, kl
 
     @staticmethod
     def backward(ctx, g_recon: Tensor, g_kl: Tensor):
         state = PoissonState(*ctx.saved_tensors)
-        out, ctx.enc_grad_out = ctx.enc_grad_out, None  # hand the only reference to autograd
         grads = fused_backward(state, g_recon.unsqueeze(-1), g_kl.unsqueeze(-1), ctx.needs_input_grad[:4],
-                               ctx.compiled, out)
-        return (*grads, None, None)
+                               ctx.compiled)
+        return (*grads, None)
 
 
 class PoissonExactTerms(torch.autograd.Function):

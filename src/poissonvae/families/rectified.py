@@ -147,19 +147,15 @@ def fused_backward(state: tuple[Tensor, ...], w_r: Weight, w_k: Weight, needs: t
 
 class RectifiedLinearFreeEnergy(torch.autograd.Function):
     """:func:`fused_forward` and :func:`fused_backward` as one autograd function:
-    ``(x, enc, mu0, raw log-scale0, Phi, enc_grad_out) -> (recon, KL)``, each (M, B)."""
+    ``(x, enc, mu0, raw log-scale0, Phi) -> (recon, KL)``, each (M, B)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, enc: Tensor, prior_mu: Tensor, prior_log_sigma: Tensor, dictionary: Tensor,
-                enc_grad_out: Tensor | None = None):
+    def forward(ctx, x: Tensor, enc: Tensor, prior_mu: Tensor, prior_log_sigma: Tensor, dictionary: Tensor):
         recon, kl, state = fused_forward(x, enc, prior_mu, prior_log_sigma, dictionary)
         ctx.save_for_backward(*state)
-        ctx.enc_grad_out = enc_grad_out  # where to write dF/denc (see LatentFamily.exact_objective)
         return recon, kl
 
     @staticmethod
     def backward(ctx, g_recon: Tensor, g_kl: Tensor):
-        out, ctx.enc_grad_out = ctx.enc_grad_out, None  # hand the only reference to autograd
-        grads = fused_backward(ctx.saved_tensors, g_recon.unsqueeze(-1), g_kl.unsqueeze(-1),
-                               ctx.needs_input_grad[:5], out)
-        return (*grads, None)
+        return tuple(fused_backward(ctx.saved_tensors, g_recon.unsqueeze(-1), g_kl.unsqueeze(-1),
+                                    ctx.needs_input_grad[:5]))
